@@ -1,0 +1,17 @@
+"""The project's exception types.
+
+Every user mistake (a missing file, a bad image, wrong weights, a bad config value) raises a
+`FastnstError`; the `bin/` scripts print its message on one line and exit non-zero.
+"""
+
+
+class FastnstError(Exception):
+    """Base class for errors caused by inputs rather than by bugs."""
+
+
+class ImageError(FastnstError):
+    """An image file is missing, empty, truncated, too large, or not an image."""
+
+
+class WeightsError(FastnstError):
+    """VGG-16 or model weights are missing, truncated, or fail their integrity check."""

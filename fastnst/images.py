@@ -1,0 +1,165 @@
+"""Reading and writing images safely: the only module that touches Pillow.
+
+Convention everywhere in fastnst: float32 arrays, RGB, values in [0, 255]; single images are
+HxWx3, batches are NHWC.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fastnst.errors import ImageError
+
+# 64 megapixels: far above anything the networks are run on, small enough to refuse bombs.
+DEFAULT_MAX_PIXELS = int(os.environ.get("FASTNST_MAX_PIXELS", 64_000_000))
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Loads an image file as float32 HxWx3 RGB in [0, 255].
+
+    Applies the EXIF orientation; converts grayscale, palette, CMYK and 16-bit images; composites
+    transparency on white.
+
+    Raises:
+      ImageError: the file is missing, empty, truncated, not an image, or has more than
+        `max_pixels` pixels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make every bomb fatal.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageError(f"{path}: {w}x{h} exceeds the limit of {max_pixels} pixels")
+                im.load()
+                return _to_rgb_array(ImageOps.exif_transpose(im))
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float32)
+        # Mode "I" holds 16-bit PNG data as int32; scale the 16-bit range onto [0, 255].
+        a = a * (255.0 / 65535.0) if im.mode != "I" or a.max() > 255 else a
+        return np.repeat(np.clip(a, 0, 255)[..., None], 3, axis=-1)
+    if im.mode == "F":
+        a = np.clip(np.asarray(im, dtype=np.float32), 0, 255)
+        return np.repeat(a[..., None], 3, axis=-1)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Rounds a [0, 255] float image to uint8, clipping out-of-range values."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float32)), 0, 255).astype(np.uint8)
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95) -> Path:
+    """Writes an HxWx3 [0, 255] image as PNG or JPEG (by suffix), atomically.
+
+    The image is written to a temporary file in the destination folder and renamed over the
+    destination, so a crash never leaves a partial file.
+    """
+    path = Path(path)
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: output must end in .png, .jpg or .jpeg")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ImageError(f"{path}: expected an HxWx3 image, got shape {image.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    _atomic_write(path, lambda f: Image.fromarray(to_uint8(image)).save(f, format=fmt, **kwargs))
+    return path
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes bytes to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def resize(image: np.ndarray, size: tuple[int, int], *, method: str = "bicubic") -> np.ndarray:
+    """Resizes an HxWx3 float image to (height, width) with Pillow, per channel in float."""
+    h, w = size
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS,
+                "nearest": Image.NEAREST}[method]
+    channels = [Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), mode="F")
+                .resize((w, h), resample) for c in range(image.shape[-1])]
+    return np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
+
+
+def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscales so that the longer side is at most `max_side` (never upscales)."""
+    h, w = image.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    return np.clip(resize(image, (max(1, round(h * s)), max(1, round(w * s))), method="lanczos"),
+                   0, 255)
+
+
+def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Resizes so that the shorter side equals `short_side`, keeping the aspect ratio."""
+    h, w = image.shape[:2]
+    s = short_side / min(h, w)
+    return np.clip(resize(image, (max(short_side, round(h * s)), max(short_side, round(w * s))),
+                          method="bilinear"), 0, 255)
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under `root` (recursive), sorted, by suffix."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ImageError(f"{root}: no such file or folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def side_by_side(images: list[np.ndarray], *, height: int = 256, gap: int = 8) -> np.ndarray:
+    """Concatenates images horizontally at a common height, with white gaps, for figures."""
+    rows = []
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        rows.append(np.clip(resize(im, (height, max(1, round(w * height / h)))), 0, 255))
+        if i < len(images) - 1:
+            rows.append(np.full((height, gap, 3), 255.0, np.float32))
+    return np.concatenate(rows, axis=1)

@@ -1,0 +1,124 @@
+"""VGG-16 port: parity with an independent NumPy reference, conversion, and weight safety."""
+
+import hashlib
+import os
+import pickle
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import vgg
+from fastnst.errors import WeightsError
+
+
+def _np_conv_relu(x, kernel, bias):
+    """Direct 3x3 'same' convolution (cross-correlation) + ReLU on HxWxC, in float64."""
+    h, w, _ = x.shape
+    xp = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros((h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += xp[dy:dy + h, dx:dx + w, :] @ kernel[dy, dx].astype(np.float64)
+    return np.maximum(out + bias, 0.0)
+
+
+def _np_maxpool(x):
+    h, w, c = x.shape
+    return x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))
+
+
+def _np_reference(image, flat):
+    x = (image / 255.0 - vgg.IMAGENET_MEAN.astype(np.float64)) / vgg.IMAGENET_STD
+    out = {}
+    for name in ("conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2"):
+        if name == "pool":
+            x = _np_maxpool(x)
+            continue
+        x = _np_conv_relu(x, flat[f"{name}/kernel"], flat[f"{name}/bias"])
+        out[name.replace("conv", "relu")] = x
+    return out
+
+
+def test_features_match_numpy_reference(vgg_params):
+    flat = vgg.load_flat()
+    image = np.random.default_rng(0).uniform(0, 255, (34, 38, 3))
+    ours = vgg.features(vgg_params, jnp.asarray(image[None], jnp.float32), ("relu1_2", "relu2_2"))
+    ref = _np_reference(image, flat)
+    for name in ("relu1_2", "relu2_2"):
+        got = np.asarray(ours[name][0], np.float64)
+        assert got.shape == ref[name].shape
+        rel = np.linalg.norm(got - ref[name]) / np.linalg.norm(ref[name])
+        assert rel < 1e-4, (name, rel)
+
+
+def test_converted_weights_equal_pickle_bit_for_bit(weights_cache):
+    raw = vgg.read_array_pickle(vgg.find_lpips_checkpoint(), expected_sha256=vgg.LPIPS_SHA256)
+    flat = vgg.load_flat()
+    assert (weights_cache / vgg.CONVERTED_NAME).is_file()
+    for k, name in enumerate(vgg.CONV_NAMES):
+        for part in ("kernel", "bias"):
+            a, b = flat[f"{name}/{part}"], raw["VGG16_0"][f"Conv_{k}"][part]
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_only_requested_depth_and_any_size(vgg_params):
+    out = vgg.features(vgg_params, jnp.full((2, 32, 45, 3), 128.0), ("relu3_3", "relu1_1"))
+    assert set(out) == {"relu3_3", "relu1_1"}
+    assert out["relu3_3"].shape == (2, 8, 11, 256) and out["relu1_1"].shape == (2, 32, 45, 64)
+    with pytest.raises(ValueError, match="unknown VGG layer"):
+        vgg.features(vgg_params, jnp.zeros((1, 32, 32, 3)), ("relu9_9",))
+
+
+def test_wrong_hash_is_refused(tmp_path):
+    bad = tmp_path / "vgg16.ckpt"
+    bad.write_bytes(pickle.dumps({"VGG16_0": {}}))
+    with pytest.raises(WeightsError, match="SHA-256"):
+        vgg.resolve_weights(bad)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    src = vgg.find_lpips_checkpoint()
+    cut = tmp_path / "vgg16.ckpt"
+    cut.write_bytes(src.read_bytes()[:100_000])
+    with pytest.raises(WeightsError, match="truncated or wrong"):
+        vgg.resolve_weights(cut)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_RAN",))
+
+
+def test_malicious_pickle_is_refused_even_with_matching_hash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": {"kernel": _Evil()}}}))
+    digest = hashlib.sha256(evil.read_bytes()).hexdigest()
+    with pytest.raises(WeightsError, match="refusing to load global"):
+        vgg.read_array_pickle(evil, expected_sha256=digest)
+    assert not (tmp_path / "EVIL_RAN").exists()
+
+
+def test_non_array_pickle_is_refused(tmp_path):
+    f = tmp_path / "x.ckpt"
+    f.write_bytes(pickle.dumps({"a": [1, 2]}))
+    with pytest.raises(WeightsError):
+        vgg.read_array_pickle(f, expected_sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+
+
+def test_missing_and_truncated_npz(tmp_path, weights_cache):
+    with pytest.raises(WeightsError, match="not found"):
+        vgg.load_flat(tmp_path / "nope.npz")
+    good = (weights_cache / vgg.CONVERTED_NAME).read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good[: len(good) // 3])
+    with pytest.raises(WeightsError):
+        vgg.load_flat(cut)
+
+
+def test_env_var_points_to_converted_file(tmp_path, monkeypatch, weights_cache):
+    copy = tmp_path / "mine.npz"
+    copy.write_bytes((weights_cache / vgg.CONVERTED_NAME).read_bytes())
+    monkeypatch.setenv("FASTNST_VGG_WEIGHTS", str(copy))
+    assert vgg.resolve_weights() == copy
