@@ -78,16 +78,24 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float32)), 0, 255).astype(np.uint8)
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fails early (before any long computation) on an output path `save_image` would refuse."""
+    path = Path(path)
+    if path.suffix.lower() not in _SAVE_FORMATS:
+        raise ImageError(f"{path}: output must end in .png, .jpg or .jpeg")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ImageError(f"{path.parent}: not a folder")
+    return path
+
+
 def save_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95) -> Path:
     """Writes an HxWx3 [0, 255] image as PNG or JPEG (by suffix), atomically.
 
     The image is written to a temporary file in the destination folder and renamed over the
     destination, so a crash never leaves a partial file.
     """
-    path = Path(path)
-    fmt = _SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: output must end in .png, .jpg or .jpeg")
+    path = check_output_path(path)
+    fmt = _SAVE_FORMATS[path.suffix.lower()]
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ImageError(f"{path}: expected an HxWx3 image, got shape {image.shape}")
@@ -124,6 +132,24 @@ def resize(image: np.ndarray, size: tuple[int, int], *, method: str = "bicubic")
     channels = [Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32), mode="F")
                 .resize((w, h), resample) for c in range(image.shape[-1])]
     return np.stack([np.asarray(c, dtype=np.float32) for c in channels], axis=-1)
+
+
+def resize_uint8(image: np.ndarray, size: tuple[int, int], *, method: str = "bicubic") -> np.ndarray:
+    """Resizes like MATLAB's `imresize` on uint8 data: rounds to uint8, resizes (antialiased when
+    shrinking), returns float32 of the rounded uint8 result. HxW or HxWx3."""
+    h, w = size
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[method]
+    out = Image.fromarray(to_uint8(image)).resize((w, h), resample)
+    return np.asarray(out, dtype=np.float32)
+
+
+def is_grayscale_file(path: str | os.PathLike) -> bool:
+    """Whether the file stores a single channel (evaluated on its gray values by SR protocols)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
+    except (OSError, UnidentifiedImageError) as e:
+        raise ImageError(f"{path}: cannot read ({e})") from None
 
 
 def resize_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -6,10 +6,32 @@ to a scalar that is a mean over the batch. Nothing here knows about modules or c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+
+TERMS = ("content", "style", "pixel", "tv")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """The static (hashable) part of the objective: which terms, weights and layers."""
+
+    weights: tuple[tuple[str, float], ...]
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, loss: Mapping) -> LossSpec:
+        """From a mapping with term weights and `content_layers` / `style_layers`; terms with
+        weight 0 (or absent) and their layers are dropped."""
+        weights = tuple((k, float(loss[k])) for k in TERMS if loss.get(k, 0.0))
+        w = dict(weights)
+        return cls(weights=weights,
+                   content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
+                   style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else ())
 
 
 def feature_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -48,14 +70,17 @@ def pixel_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def tv_loss(images: jax.Array) -> jax.Array:
-    """Total variation regulariser: sum of squared differences of neighbouring pixels per image.
+    """Total variation regulariser: squared differences of neighbouring pixels / (C H W).
 
-    The squared (beta = 2) form of Mahendran & Vedaldi used by the paper's code; batch mean. With
-    [0, 255] images its weight is of order 1e-6..1e-4.
+    The squared (beta = 2) form of Mahendran & Vedaldi that the paper's code uses, normalised by
+    the image size like the pixel loss, so that its weight does not depend on the resolution and
+    sits in the paper's 1e-6..1e-4 range for [0, 255] images and torchvision-normalised VGG
+    features. Batch mean.
     """
+    _, h, w, c = images.shape
     dy = jnp.sum(jnp.square(images[:, 1:, :, :] - images[:, :-1, :, :]), axis=(1, 2, 3))
     dx = jnp.sum(jnp.square(images[:, :, 1:, :] - images[:, :, :-1, :]), axis=(1, 2, 3))
-    return jnp.mean(dx + dy)
+    return jnp.mean(dx + dy) / (c * h * w)
 
 
 def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
@@ -79,7 +104,7 @@ def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
     Returns:
       (total, parts) where parts maps each computed term to its weighted value.
     """
-    unknown = set(weights) - {"content", "style", "pixel", "tv"}
+    unknown = set(weights) - set(TERMS)
     if unknown:
         raise ValueError(f"unknown loss term(s) {sorted(unknown)}")
     parts = {}

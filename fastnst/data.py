@@ -1,0 +1,235 @@
+"""Training inputs: image sources, deterministic crops, the SR degradation, parallel batching.
+
+The pipeline is index-based: the images of global step `s` are a pure function of
+`(seed, s)` (an epoch-wise permutation seeded by `(seed, epoch)`, crop offsets seeded by
+`(seed, sample index)`). The data position is therefore just the step count, which the
+checkpoint already holds, and a resumed run sees exactly the batches an uninterrupted one
+would. We use a thread pool rather than grain: Pillow decodes with the GIL released, the
+index-based design already gives determinism and checkpointability, and it needs no extra
+dependency.
+
+Unreadable files are skipped (the next image of the permutation is used instead, so the choice
+is still deterministic) and counted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fastnst import images
+from fastnst.errors import FastnstError, ImageError
+
+
+class FolderSource:
+    """Every image under a folder (recursive; jpg, jpeg, png, webp, bmp), sorted by path."""
+
+    def __init__(self, root: str | os.PathLike, *, holdout: int = 0):
+        files = images.list_images(root)
+        if len(files) <= holdout:
+            raise FastnstError(f"{root}: found {len(files)} images, need more than {holdout}")
+        # The last `holdout` files (in sorted order) are never trained on: they are the samples.
+        self.files, self.heldout = files[: len(files) - holdout], files[len(files) - holdout:]
+        self.name = str(root)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, i: int) -> np.ndarray:
+        return images.load_image(self.files[i])
+
+    def describe(self, i: int) -> str:
+        return str(self.files[i])
+
+
+class TfdsSource:
+    """COCO 2014 (or any TFDS image dataset) through `tfds.data_source` random access.
+
+    Needs the `tfds` extra and a prepared dataset in ArrayRecord format (internet on first use).
+    """
+
+    def __init__(self, name: str = "coco/2014", split: str = "train", *, holdout: int = 0):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError:
+            raise FastnstError("the COCO source needs tensorflow-datasets: "
+                               "pip install 'fastnst[tfds]'") from None
+        try:
+            self._ds = tfds.data_source(name, split=split,
+                                        builder_kwargs={"file_format": "array_record"})
+        except Exception as e:  # TFDS raises many kinds for missing data or no network
+            raise FastnstError(f"cannot open TFDS dataset {name}/{split}: {e}") from None
+        self._n = len(self._ds) - holdout
+        self.heldout = [self._image(self._n + k) for k in range(holdout)]
+        self.name = f"tfds:{name}/{split}"
+
+    def _image(self, i: int) -> np.ndarray:
+        return np.asarray(self._ds[i]["image"], np.float32)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def load(self, i: int) -> np.ndarray:
+        im = self._image(i)
+        if im.ndim == 2 or im.shape[-1] == 1:
+            im = np.repeat(im.reshape(*im.shape[:2], 1), 3, axis=-1)
+        return im
+
+    def describe(self, i: int) -> str:
+        return f"{self.name}[{i}]"
+
+
+def open_source(data) -> FolderSource | TfdsSource:
+    """The source named by a `config.data` block."""
+    if data.source == "folder":
+        return FolderSource(data.folder, holdout=data.holdout)
+    if data.source == "tfds":
+        return TfdsSource(data.tfds_name, holdout=data.holdout)
+    raise FastnstError(f"unknown data.source {data.source!r} (folder or tfds)")
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random size x size crop of an image whose sides are at least `size`."""
+    h, w = image.shape[:2]
+    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+    return image[y: y + size, x: x + size]
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """Normalised 1-D Gaussian with radius int(truncate * sigma + 0.5), as scipy.ndimage uses."""
+    radius = max(1, int(truncate * sigma + 0.5))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(image: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
+    """Separable Gaussian blur of HxWxC with mirrored borders (scipy.ndimage's 'reflect')."""
+    out = np.asarray(image)
+    out = out.astype(np.result_type(out.dtype, np.float32))
+    k = gaussian_kernel(sigma, truncate).astype(out.dtype)
+    r = len(k) // 2
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (r, r)
+        p = np.pad(out, pad, mode="symmetric")
+        n = out.shape[axis]
+        out = sum(k[i] * np.take(p, range(i, i + n), axis=axis) for i in range(len(k)))
+    return out
+
+
+def degrade(hr: np.ndarray, scale: int, *, sigma: float = 1.0) -> np.ndarray:
+    """The paper's SR input: Gaussian blur (sigma 1.0), then bicubic downsampling by `scale`."""
+    h, w = hr.shape[:2]
+    blurred = gaussian_blur(hr, sigma) if sigma else hr
+    return np.clip(images.resize(blurred, (h // scale, w // scale), method="bicubic"), 0, 255)
+
+
+class Batches:
+    """Deterministic batches for steps `start, start+1, ...`, decoded ahead by a thread pool.
+
+    Each batch is a dict with `input` (what the network sees) and `target` (what the losses
+    compare to): the same crops for style transfer; LR and HR for super-resolution.
+    """
+
+    def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
+                 sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False):
+        self.source, self.batch_size, self.size = source, batch_size, image_size
+        self.seed, self.sr_scale, self.sr_sigma = seed, sr_scale, sr_sigma
+        self.bad: set[str] = set()
+        self._lock = threading.Lock()
+        self._pool = cf.ThreadPoolExecutor(max(1, workers))
+        self._prefetch = prefetch
+        self._perms: dict[int, np.ndarray] = {}
+        # Optional in-memory cache of decoded (and, for style, resized) images as uint8, so that
+        # after the first epoch a fast accelerator is not limited by JPEG decoding.
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+
+    def _index(self, k: int) -> int:
+        n = len(self.source)
+        epoch, pos = divmod(k, n)
+        with self._lock:
+            if epoch not in self._perms:
+                self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
+            return int(self._perms[epoch][pos])
+
+    def _prepared(self, i: int) -> np.ndarray:
+        """Image i, its shorter side resized to the crop size (style) or as stored (SR)."""
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        image = self.source.load(i)
+        if not self.sr_scale or min(image.shape[:2]) < self.size:
+            image = images.resize_short_side(image, self.size)
+        if self._cache is not None:
+            image = images.to_uint8(image)
+            self._cache[i] = image
+        return image
+
+    def _example(self, k: int) -> np.ndarray:
+        """Crop of the k-th sample of the run; skips unreadable images deterministically."""
+        n = len(self.source)
+        for offset in range(n):
+            i = self._index(k) if offset == 0 else (self._index(k) + offset) % n
+            try:
+                image = self._prepared(i)
+            except ImageError:
+                with self._lock:
+                    self.bad.add(self.source.describe(i))
+                continue
+            crop = random_crop(image, self.size, np.random.default_rng([self.seed, 1, k]))
+            return crop.astype(np.float32)
+        raise FastnstError(f"{self.source.name}: no readable image")
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        k0 = step * self.batch_size
+        hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.batch_size))))
+        if not self.sr_scale:
+            return {"input": hr, "target": hr}
+        lr = np.stack(list(self._pool.map(lambda im: degrade(im, self.sr_scale, sigma=self.sr_sigma),
+                                          hr)))
+        return {"input": lr, "target": hr}
+
+    def iterate(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches for steps start, start+1, ...; `prefetch` of them are prepared ahead."""
+        ahead = cf.ThreadPoolExecutor(1)
+        pending = [ahead.submit(self.batch, s) for s in range(start, start + self._prefetch)]
+        step = start + self._prefetch
+        try:
+            while True:
+                out = pending.pop(0).result()
+                pending.append(ahead.submit(self.batch, step))
+                step += 1
+                yield out
+        finally:
+            for f in pending:
+                f.cancel()
+            ahead.shutdown(wait=False)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# Colour photographs that scikit-image ships inside its wheel (no download needed).
+_SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                   "hubble_deep_field.jpg", "retina.jpg", "color.png")
+
+
+def builtin_photos(dst: str | os.PathLike) -> Path:
+    """Copies the colour sample photos bundled with scikit-image into `dst` (a fallback
+    training folder for machines without a photo collection)."""
+    try:
+        import skimage
+    except ImportError:
+        raise FastnstError("no training photos: pass a folder, or pip install scikit-image "
+                           "for its bundled sample photos") from None
+    src = Path(skimage.__file__).parent / "data"
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in _SKIMAGE_PHOTOS:
+        if (src / name).is_file() and not (dst / name).is_file():
+            images.atomic_write_bytes(dst / name, (src / name).read_bytes())
+    return dst

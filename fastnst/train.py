@@ -1,0 +1,324 @@
+"""Training: TrainState, the pure train step, the loop, Orbax checkpoints, export.
+
+`train_and_evaluate(config, workdir)` runs a whole job (style transfer or super-resolution,
+chosen by `config.model.task`), resuming from the newest checkpoint in `workdir` if there is one.
+`train_step` is module-level and pure: everything it needs is an argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+
+from fastnst import data, export, images, losses, nets, vgg
+from fastnst.errors import FastnstError
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = dataclasses.field(default_factory=dict)
+
+
+def variables_of(state: TrainState, params=None) -> dict:
+    v = {"params": state.params if params is None else params}
+    return {**v, "batch_stats": state.batch_stats} if state.batch_stats else v
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Mapping,
+               style_grams: Mapping[str, jax.Array], spec: losses.LossSpec) -> tuple[TrainState, dict]:
+    """One Adam step on the transformation net; VGG and the style Grams are frozen inputs.
+
+    Args:
+      state: the transformation net's TrainState.
+      batch: `input` [N,h,w,3] for the net, `target` [N,H,W,3] for the losses, both in [0, 255].
+      vgg_params: VGG-16 variables (never differentiated).
+      style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
+      spec: loss terms, weights and layers.
+
+    Returns:
+      (new state, metrics): metrics hold `loss` and each weighted part.
+    """
+    content = vgg.features(vgg_params, batch["target"], spec.content_layers) \
+        if spec.content_layers else None
+
+    def loss_fn(params):
+        mutable = ["batch_stats"] if state.batch_stats else False
+        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable)
+        pred, updates = out if mutable else (out, {})
+        layers = tuple(dict.fromkeys(spec.content_layers + spec.style_layers))
+        feats = vgg.features(vgg_params, pred, layers) if layers else None
+        total, parts = losses.total_loss(dict(spec.weights), pred=pred, pred_feats=feats,
+                                         content_feats=content, style_grams=style_grams,
+                                         target=batch["target"])
+        return total, (parts, updates)
+
+    (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, {"loss": total, **parts}
+
+
+jit_train_step = jax.jit(train_step, static_argnames="spec", donate_argnames="state")
+
+
+def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1
+                       ) -> TrainState:
+    variables = nets.init(net, rng, scale=scale)
+    return TrainState.create(apply_fn=net.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=optax.adam(lr))
+
+
+def style_targets(vgg_params: Mapping, style_image: np.ndarray, layers, size: int) -> dict:
+    """Gram matrices [1, C, C] of the style image (longer side resized to `size`), once per run."""
+    if not layers:
+        return {}
+    image = images.resize_max_side(style_image, size) if max(style_image.shape[:2]) > size else \
+        np.clip(images.resize(style_image, _scaled(style_image.shape, size)), 0, 255)
+    feats = vgg.features(vgg_params, jnp.asarray(image[None]), layers)
+    return {k: losses.gram(f) for k, f in feats.items()}
+
+
+def _scaled(shape, size):
+    h, w = shape[:2]
+    s = size / max(h, w)
+    return max(32, round(h * s)), max(32, round(w * s))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _ckpt_item(state: TrainState) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "step": state.step}
+
+
+def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
+    """The newest checkpoint restored into `state`'s structure, or `state` if there is none."""
+    step = mngr.latest_step()
+    if step is None:
+        return state
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _ckpt_item(state))
+    item = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+    return state.replace(**item)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_path: Path | None
+    step: int
+    interrupted: bool
+    bad_files: int
+    last_metrics: dict
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+                pass
+        return self
+
+    def _handle(self, *_):
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def itstime(step: int, every: int, total: int) -> bool:
+    """True every `every` steps and at the last step."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def _write_json(path: Path, obj) -> None:
+    images.atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint we resume from."""
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        images.atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
+
+
+def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
+                       on_step: Callable[[int, _StopFlag], None] | None = None) -> TrainResult:
+    """Trains (or resumes) the run described by `config` in `workdir`; exports the final model.
+
+    Args:
+      config: an ml_collections config (see configs/style.py).
+      workdir: checkpoints, metrics.jsonl, config.json, samples/ and the exported model go here.
+      progress: show a progress bar.
+      on_step: called after every step with (step, stop_flag); tests use it to interrupt.
+
+    Returns:
+      TrainResult; `model_path` is None when the run was interrupted before the end.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+    tc, model_cfg = config.train, config.model.to_dict()
+    spec = losses.LossSpec.from_config(config.loss)
+    scale = int(model_cfg["scale"]) if model_cfg["task"] == "sr" else 1
+
+    vgg_params = vgg.load_params()
+    grams = {}
+    if spec.style_layers:
+        grams = style_targets(vgg_params, images.load_image(config.style_image),
+                              spec.style_layers, config.style_size)
+
+    net = nets.build(model_cfg)
+    rng = jax.random.key(config.seed)
+    init_rng, rng = jax.random.split(rng)  # rng is reserved for stochastic extensions
+    del rng
+    state = create_train_state(net, init_rng, lr=tc.lr, scale=scale)
+    mngr = checkpoint_manager(workdir, tc.keep)
+    state = restore_latest(mngr, state)
+    start = int(state.step)
+    _truncate_metrics(workdir / "metrics.jsonl", start)
+
+    source = data.open_source(config.data)
+    batches = data.Batches(source, batch_size=tc.batch_size, image_size=tc.image_size,
+                           seed=config.seed, sr_scale=scale if scale > 1 else 0,
+                           sr_sigma=config.data.sr_sigma, workers=config.data.workers,
+                           cache=config.data.get("cache", False))
+    samples = _sample_inputs(source, scale)
+
+    result = TrainResult(None, start, False, 0, {})
+    bar = _progress(progress, start, tc.steps)
+    t_last, n_last = time.perf_counter(), start
+    deadline = time.monotonic() + tc.time_limit_s if tc.get("time_limit_s") else float("inf")
+
+    def log(step, metrics):
+        nonlocal t_last, n_last
+        host = _check_finite(metrics, step, mngr)
+        rate = (step - n_last) * tc.batch_size / max(time.perf_counter() - t_last, 1e-9)
+        t_last, n_last = time.perf_counter(), step
+        _log(workdir, step, host, rate, len(batches.bad), bar)
+        result.last_metrics = host
+
+    try:
+        with _StopFlag() as stop:
+            it = batches.iterate(start)
+            metrics = None
+            for step in range(start + 1, tc.steps + 1):
+                if stop.set or time.monotonic() > deadline:
+                    break
+                batch = jax.tree.map(jnp.asarray, next(it))
+                state, metrics = jit_train_step(state, batch, vgg_params, grams, spec)
+                if on_step:
+                    on_step(step, stop)
+                result.step = step
+                if itstime(step, tc.log_every, tc.steps) or itstime(step, tc.ckpt_every, tc.steps):
+                    log(step, metrics)
+                if itstime(step, tc.ckpt_every, tc.steps):
+                    mngr.save(step, args=ocp.args.StandardSave(_ckpt_item(state)))
+                if samples and itstime(step, tc.sample_every, tc.steps):
+                    _write_samples(workdir, step, net, variables_of(state), samples)
+                bar.update(1)
+            if metrics is not None and mngr.latest_step() != result.step:  # stopped early
+                log(result.step, metrics)
+                mngr.save(result.step, args=ocp.args.StandardSave(_ckpt_item(state)), force=True)
+            # A time limit ends the run normally (exported); a signal leaves it to be resumed.
+            result.interrupted = stop.set and result.step < tc.steps
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        bar.close()
+        batches.close()
+    result.bad_files = len(batches.bad)
+    if not result.interrupted:
+        result.model_path = export.save_model(
+            workdir / f"model{export.SUFFIX}", model_cfg, variables_of(state),
+            meta={"steps": int(state.step), "planned_steps": tc.steps,
+                  "final_metrics": result.last_metrics,
+                  "style_image": config.get("style_image", ""), "data": source.name})
+        _plot_losses(workdir)
+    return result
+
+
+def _check_finite(metrics, step: int, mngr: ocp.CheckpointManager) -> dict:
+    host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not all(np.isfinite(v) for v in host.values()):
+        last = mngr.latest_step()
+        kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint was saved"
+        raise FastnstError(f"loss is not finite at step {step} ({host}); {kept}. Lower the "
+                           "learning rate or the loss weights and rerun to resume.")
+    return host
+
+
+def _log(workdir: Path, step: int, metrics: dict, rate: float, bad: int, bar) -> None:
+    line = {"step": step, **{k: round(v, 6) for k, v in metrics.items()},
+            "images_per_s": round(rate, 3), "bad_files": bad}
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()} | {"img/s": f"{rate:.2f}"},
+                    refresh=False)
+
+
+def _progress(enabled: bool, start: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, dynamic_ncols=True, unit="step")
+
+
+def _sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
+    """Held-out images (never trained on), at most 256 px (HR side for SR), as inputs."""
+    out = []
+    for item in source.heldout[:4]:
+        try:
+            im = images.load_image(item) if isinstance(item, str | Path) else item
+        except FastnstError:
+            continue
+        im = images.resize_max_side(im, size)
+        out.append(data.degrade(im, scale) if scale > 1 else im)
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(net, variables, x):
+    return net.apply(variables, x)
+
+
+def _write_samples(workdir: Path, step: int, net, variables, samples) -> None:
+    outs = [np.asarray(_apply(net, variables, jnp.asarray(s[None])))[0] for s in samples]
+    images.save_image(workdir / "samples" / f"step_{step:07d}.png",
+                      images.side_by_side(outs, height=192))
+
+
+def _plot_losses(workdir: Path) -> None:
+    from fastnst import plots
+
+    path = workdir / "metrics.jsonl"
+    if path.is_file():
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln]
+        plots.loss_curves(rows, workdir / "loss_curve.png")

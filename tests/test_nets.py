@@ -1,0 +1,71 @@
+"""Transformation networks: shapes for any size, the paper's parameter count, every variant."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import nets
+
+
+def _paper_style_param_count():
+    """Counted by hand from the paper's supplementary table (conv weights + biases + BN scale/shift)."""
+    def conv(k, cin, cout):
+        return k * k * cin * cout + cout
+
+    def bn(c):
+        return 2 * c
+
+    n = conv(9, 3, 32) + bn(32) + conv(3, 32, 64) + bn(64) + conv(3, 64, 128) + bn(128)
+    n += 5 * 2 * (conv(3, 128, 128) + bn(128))
+    n += conv(3, 128, 64) + bn(64) + conv(3, 64, 32) + bn(32) + conv(9, 32, 3)
+    return n
+
+
+def _count(variables):
+    return sum(x.size for x in jax.tree.leaves(variables["params"]))
+
+
+def test_default_style_net_matches_paper_parameter_count():
+    v = nets.init(nets.style_net(), jax.random.key(0))
+    assert _count(v) == _paper_style_param_count() == 1_679_235
+    assert "batch_stats" in v
+
+
+@pytest.mark.parametrize("opts", [
+    {}, {"upsample": "resize_conv"}, {"norm": "instance"},
+    {"padding": "reflect_same", "upsample": "resize_conv", "norm": "instance"}])
+def test_style_output_shape_and_range(opts):
+    net = nets.style_net(width=0.25, **opts)
+    v = nets.init(net, jax.random.key(1), size=32)
+    sizes = [(33, 47), (41, 30)] if not opts else [(33, 47)]  # odd sizes, not multiples of 4
+    for hw in sizes:
+        x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, *hw, 3)), jnp.float32)
+        y = net.apply(v, x)
+        assert y.shape == x.shape
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 255.0
+
+
+@pytest.mark.parametrize("scale", [4, 8])
+def test_sr_output_is_scale_times_input_for_odd_sizes(scale):
+    net = nets.sr_net(scale, width=0.25)
+    v = nets.init(net, jax.random.key(0), size=32, scale=scale)
+    y = net.apply(v, jnp.full((1, 9, 13, 3), 100.0))
+    assert y.shape == (1, 9 * scale, 13 * scale, 3)
+    # 64x9x9, four residual blocks, log2(f) up-convs, 3x9x9 (at width 0.25: 16 channels)
+    c = 16
+    conv = lambda k, i, o: k * k * i * o + o  # noqa: E731
+    expect = (conv(9, 3, c) + 2 * c + 4 * 2 * (conv(3, c, c) + 2 * c)
+              + int(math.log2(scale)) * (conv(3, c, c) + 2 * c) + conv(9, c, 3))
+    assert _count(v) == expect
+
+
+def test_build_from_config_and_bad_options():
+    cfg = dict(task="sr", scale=4, norm="instance", upsample="resize_conv", padding="paper", width=0.5)
+    assert nets.build(cfg).up == (32, 32)
+    with pytest.raises(ValueError):
+        nets.build({**cfg, "task": "nope"})
+    with pytest.raises(ValueError):
+        nets.style_net(norm="layer").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

