@@ -33,15 +33,22 @@ class Result:
 
 
 def objective(spec: losses.LossSpec, vgg_params: Mapping, content_feats: Mapping | None,
-              style_grams: Mapping | None) -> Callable[[jax.Array], jax.Array]:
-    """The scalar objective of one HxWx3 image, composed from `losses.total_loss`."""
+              style_grams: Mapping | None, layer_weights: Mapping | None = None
+              ) -> Callable[[jax.Array], jax.Array]:
+    """The scalar objective of one HxWx3 image, composed from `losses.total_loss`.
+
+    `layer_weights` may hold `content` and/or `style` dicts of per-layer weights (default 1).
+    """
+    layer_weights = layer_weights or {}
     layers = tuple(dict.fromkeys(spec.content_layers + spec.style_layers))
 
     def f(image: jax.Array) -> jax.Array:
         pred = image[None]
         feats = vgg.features(vgg_params, pred, layers) if layers else None
         return losses.total_loss(dict(spec.weights), pred=pred, pred_feats=feats,
-                                 content_feats=content_feats, style_grams=style_grams)[0]
+                                 content_feats=content_feats, style_grams=style_grams,
+                                 content_layer_weights=layer_weights.get("content"),
+                                 style_layer_weights=layer_weights.get("style"))[0]
 
     return f
 
@@ -59,8 +66,9 @@ def targets(spec: losses.LossSpec, vgg_params: Mapping, content: np.ndarray | No
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "iters", "every", "callback"))
-def _run(x0, vgg_params, content_feats, style_grams, *, spec, iters, every=0, callback=None):
-    f = objective(spec, vgg_params, content_feats, style_grams)
+def _run(x0, vgg_params, content_feats, style_grams, layer_weights=None, *, spec, iters, every=0,
+         callback=None):
+    f = objective(spec, vgg_params, content_feats, style_grams, layer_weights)
     opt = optax.lbfgs(memory_size=10)
     value_and_grad = optax.value_and_grad_from_state(f)
     project = functools.partial(jnp.clip, min=0.0, max=255.0)
@@ -101,7 +109,8 @@ def initial_image(init: str, shape: tuple[int, int], *, content: np.ndarray | No
 def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray | None = None,
              style: np.ndarray | None = None, iters: int = 500, init: str = "noise",
              shape: tuple[int, int] | None = None, key: jax.Array | None = None,
-             callback: Callable[[int, float], None] | None = None, every: int = 0) -> Result:
+             callback: Callable[[int, float], None] | None = None, every: int = 0,
+             layer_weights: Mapping | None = None) -> Result:
     """Generates an image by projected L-BFGS.
 
     Args:
@@ -113,6 +122,9 @@ def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray 
       shape: output (H, W); defaults to the content image's size.
       key: PRNG key for the noise initialisation.
       callback: called on the host as callback(iteration, objective) every `every` iterations.
+      layer_weights: optional per-layer weights, `{'content': {layer: w}, 'style': {layer: w}}`.
+        They are traced, not static: changing them (e.g. reconstructing from each layer of the
+        spec in turn, paper Figs. 3-4) reuses one compilation.
 
     Returns:
       Result with the image and the objective at every iteration.
@@ -124,6 +136,7 @@ def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray 
     key = jax.random.key(0) if key is None else key
     x0 = initial_image(init, tuple(shape), content=content, key=key)
     cf, sg = targets(spec, vgg_params, content, style)
-    x, values = _run(x0, vgg_params, cf, sg, spec=spec, iters=iters, every=every,
+    lw = jax.tree.map(jnp.float32, dict(layer_weights)) if layer_weights else None
+    x, values = _run(x0, vgg_params, cf, sg, lw, spec=spec, iters=iters, every=every,
                      callback=callback)
     return Result(np.asarray(x), np.asarray(values))

@@ -88,6 +88,7 @@ def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
                content_feats: Mapping[str, jax.Array] | None = None,
                style_grams: Mapping[str, jax.Array] | None = None,
                style_layer_weights: Mapping[str, float] | None = None,
+               content_layer_weights: Mapping[str, float] | None = None,
                target: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted sum of the losses named in `weights` and each weighted part.
 
@@ -99,6 +100,9 @@ def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
       content_feats: VGG features of the content/target images at the content layer(s).
       style_grams: target Gram matrices per style layer.
       style_layer_weights: per-layer style weights (default 1 for every layer in `style_grams`).
+      content_layer_weights: per-layer content weights (default 1 for every layer in
+        `content_feats`). Layer weights may be traced arrays, so one compiled objective serves
+        several layer choices.
       target: target images for the pixel loss.
 
     Returns:
@@ -109,8 +113,9 @@ def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
         raise ValueError(f"unknown loss term(s) {sorted(unknown)}")
     parts = {}
     if weights.get("content", 0.0):
+        cw = content_layer_weights or {name: 1.0 for name in content_feats}
         parts["content"] = weights["content"] * sum(
-            feature_loss(pred_feats[name], f) for name, f in content_feats.items())
+            w * feature_loss(pred_feats[name], content_feats[name]) for name, w in cw.items())
     if weights.get("style", 0.0):
         parts["style"] = weights["style"] * style_loss(pred_feats, style_grams, style_layer_weights)
     if weights.get("pixel", 0.0):

@@ -68,3 +68,15 @@ def test_content_only_and_style_only(vgg_params):
     s_only = losses.LossSpec.from_config(dict(style=1.0, style_layers=("relu1_2",)))
     r = gatys.optimize(vgg_params, s_only, style=style, shape=(32, 32), iters=8)
     assert r.image.shape == (32, 32, 3) and r.objective[-1] < 0.5 * r.objective[0]
+
+
+def test_traced_layer_weights_select_layers(vgg_params):
+    content, _ = _images()
+    two = losses.LossSpec.from_config(dict(content=1.0, content_layers=("relu1_2", "relu2_2")))
+    one = losses.LossSpec.from_config(dict(content=1.0, content_layers=("relu2_2",)))
+    x = jnp.asarray(np.random.default_rng(1).uniform(0, 255, content.shape), jnp.float32)
+    cf2, _ = gatys.targets(two, vgg_params, content, None)
+    cf1, _ = gatys.targets(one, vgg_params, content, None)
+    lw = {"content": {"relu1_2": jnp.float32(0.0), "relu2_2": jnp.float32(1.0)}}
+    np.testing.assert_allclose(gatys.objective(two, vgg_params, cf2, None, lw)(x),
+                               gatys.objective(one, vgg_params, cf1, None)(x), rtol=1e-6)

@@ -1,0 +1,232 @@
+"""Speed tables: the paper's Table 1 on whatever device JAX finds, plus throughput and peer ratios.
+
+Every timing compiles first (compile time is reported separately), makes one warm-up call, then
+times `repeats` calls, each forced with `block_until_ready`; we report the median and min-max.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fastnst import gatys, losses, nets, train, vgg
+
+PAPER_STYLE = dict(norm="batch", upsample="transpose", padding="paper")
+# The architecture of shared/peers/torch_peer.py (instance norm, reflection padding at every
+# conv, nearest-neighbour upsampling + conv), for like-for-like ratios.
+PEER_STYLE = dict(norm="instance", upsample="resize_conv", padding="reflect_same")
+STYLE_LOSS = dict(content=1.0, style=2.0, tv=2e-5, content_layers=("relu2_2",),
+                  style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"))
+LBFGS_COUNTS = (100, 300, 500)
+
+
+def device_info() -> dict:
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device": d.device_kind, "jax": jax.__version__,
+            "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak device memory so far, where the backend reports it (GPUs/TPUs; not the CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def measure(call: Callable[[], object], *, repeats: int, compile_s: float) -> dict:
+    """One warm-up `call()`, then `repeats` timed ones, each blocked until ready."""
+    jax.block_until_ready(call())
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(call())
+        runs.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs),
+            "repeats": repeats, "compile_s": compile_s}
+
+
+def _compile(jitted, *args, **static):
+    t = time.perf_counter()
+    compiled = jitted.lower(*args, **static).compile()
+    return compiled, time.perf_counter() - t
+
+
+def _image(size: int, batch: int = 1, seed: int = 0) -> jax.Array:
+    return jax.random.uniform(jax.random.key(seed), (batch, size, size, 3), jnp.float32, 0, 255)
+
+
+def feedforward(size: int, *, batch: int = 1, variant=PAPER_STYLE, repeats: int = 5) -> dict:
+    """Inference time of the style network (eval mode) on a [batch, size, size, 3] input."""
+    net = nets.style_net(**variant)
+    variables = nets.init(net, jax.random.key(0))
+    x = _image(size, batch)
+    compiled, c = _compile(jax.jit(net.apply), variables, x)
+    return measure(lambda: compiled(variables, x), repeats=repeats, compile_s=c)
+
+
+def train_step(size: int = 256, batch: int = 4, *, variant=PAPER_STYLE, repeats: int = 5,
+               vgg_params=None) -> dict:
+    """Time of one train step (net forward/backward + VGG-16 losses + Adam)."""
+    net = nets.style_net(**variant)
+    holder = [train.create_train_state(net, jax.random.key(0), lr=1e-3)]
+    spec = losses.LossSpec.from_config(STYLE_LOSS)
+    vgg_params = vgg_params or vgg.random_params()
+    grams = train.style_targets(vgg_params, np.asarray(_image(size)[0]), spec.style_layers, size)
+    x = _image(size, batch, seed=1)
+    batch_ = {"input": x, "target": x}
+    compiled, c = _compile(train.jit_train_step, holder[0], batch_, vgg_params, grams, spec=spec)
+
+    def call():  # the state is donated: thread it through the calls
+        holder[0], metrics = compiled(holder[0], batch_, vgg_params, grams)
+        return metrics
+
+    return measure(call, repeats=repeats, compile_s=c)
+
+
+def lbfgs(size: int, iters: int, *, vgg_params, repeats: int = 1) -> dict:
+    """Time of `iters` projected L-BFGS iterations at size x size (style transfer objective)."""
+    spec = losses.LossSpec.from_config(STYLE_LOSS)
+    content, style = np.asarray(_image(size)[0]), np.asarray(_image(size, seed=2)[0])
+    cf, sg = gatys.targets(spec, vgg_params, content, style)
+    x0 = gatys.initial_image("noise", (size, size), content=None, key=jax.random.key(0))
+    compiled, c = _compile(gatys._run, x0, vgg_params, cf, sg, spec=spec, iters=iters)
+    return measure(lambda: compiled(x0, vgg_params, cf, sg), repeats=repeats, compile_s=c)
+
+
+def table1(sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3, vgg_params=None) -> list:
+    """Rows of the paper's Table 1: L-BFGS at 100/300/500 iterations vs the feed-forward net.
+
+    With `quick=n`, the L-BFGS columns are n-iteration time / n x the count (marked estimated).
+    """
+    vgg_params = vgg_params or vgg.random_params()
+    rows = []
+    for size in sizes:
+        ff = feedforward(size, repeats=repeats)
+        row = {"size": size, "feedforward_s": ff["median_s"], "feedforward_min_s": ff["min_s"],
+               "feedforward_max_s": ff["max_s"], "feedforward_compile_s": ff["compile_s"],
+               "lbfgs_estimated": bool(quick)}
+        if quick:
+            r = lbfgs(size, quick, vgg_params=vgg_params)
+            per_iter = r["median_s"] / quick
+            row.update({"lbfgs_iters_measured": quick, "lbfgs_compile_s": r["compile_s"],
+                        "lbfgs_s_per_iter": per_iter})
+            for n in LBFGS_COUNTS:
+                row[f"lbfgs_{n}_s"] = per_iter * n
+        else:
+            for n in LBFGS_COUNTS:
+                r = lbfgs(size, n, vgg_params=vgg_params)
+                row[f"lbfgs_{n}_s"] = r["median_s"]
+                row[f"lbfgs_{n}_compile_s"] = r["compile_s"]
+            row["lbfgs_s_per_iter"] = row["lbfgs_500_s"] / 500
+        for n in LBFGS_COUNTS:
+            row[f"speedup_{n}"] = row[f"lbfgs_{n}_s"] / row["feedforward_s"]
+        rows.append(row)
+    return rows
+
+
+def peer(task: str, peer_path: str, **kwargs) -> dict | None:
+    """Runs shared/peers/torch_peer.py (needs torch) and returns its JSON line, or None."""
+    args = [sys.executable, peer_path, task] + [f"--{k}={v}" for k, v in kwargs.items()]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=1800, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, OSError) as e:
+        print(f"peer {task} failed: {e}", file=sys.stderr)
+        return None
+
+
+def run(*, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3, peer_path: str | None = None,
+        train_repeats: int = 5) -> dict:
+    """Everything `bin/bench` reports, as one JSON-able dict."""
+    vgg_params = vgg.load_params()
+    res = {"device": device_info(), "quick": quick, "table1": table1(
+        sizes, quick=quick, repeats=repeats, vgg_params=vgg_params)}
+    ts = train_step(vgg_params=vgg_params, repeats=train_repeats)
+    res["train"] = {"batch": 4, "size": 256, **ts, "steps_per_s": 1 / ts["median_s"],
+                    "images_per_s": 4 / ts["median_s"]}
+    res["inference"] = []
+    for b in (1, 4, 8):
+        r = feedforward(256, batch=b, repeats=repeats)
+        res["inference"].append({"batch": b, "size": 256, **r, "images_per_s": b / r["median_s"]})
+    if peer_path:
+        res["peer"] = _peer_comparison(peer_path, vgg_params, repeats)
+    res["peak_memory_bytes"] = peak_memory_bytes()
+    return res
+
+
+def _peer_comparison(peer_path: str, vgg_params, repeats: int) -> dict:
+    """Like-for-like ratios against the PyTorch peer (ours / theirs: below 1 means faster)."""
+    out = {}
+    ours = {"stylize_512": feedforward(512, variant=PEER_STYLE, repeats=repeats)["median_s"],
+            "stylize_512_paper_net": feedforward(512, repeats=repeats)["median_s"],
+            "train_step_4x256": train_step(variant=PEER_STYLE, vgg_params=vgg_params,
+                                           repeats=repeats)["median_s"]}
+    theirs = {"stylize_512": peer("stylize", peer_path, size=512, repeats=repeats),
+              "train_step_4x256": peer("train-step", peer_path, size=256, batch=4, repeats=repeats),
+              "lbfgs_256_per_eval": peer("lbfgs", peer_path, size=256, iters=20, repeats=2)}
+    for k, v in ours.items():
+        ref = theirs.get(k.replace("_paper_net", ""))
+        out[k] = {"fastnst_s": v, "peer_s": ref and ref["median_s"],
+                  "ratio": ref and v / ref["median_s"]}
+    out["lbfgs_256_per_eval"] = {"peer_s": theirs["lbfgs_256_per_eval"] and
+                                 theirs["lbfgs_256_per_eval"]["median_s"]}
+    return out
+
+
+def markdown(res: dict) -> str:
+    d = res["device"]
+    lines = [f"Device: {d['device']} ({d['platform']}), jax {d['jax']}, {d['cpus']} host CPUs.", ""]
+    if res["quick"]:
+        lines += [f"L-BFGS columns: per-iteration time measured over {res['quick']} iterations, "
+                  "times the iteration count (`--quick`).", ""]
+    lines += ["| size | L-BFGS 100 | L-BFGS 300 | L-BFGS 500 | feed-forward | speed-up "
+              "100 / 300 / 500 |", "|---|---|---|---|---|---|"]
+    for r in res["table1"]:
+        lines.append(
+            f"| {r['size']}² | {r['lbfgs_100_s']:.2f} s | {r['lbfgs_300_s']:.2f} s | "
+            f"{r['lbfgs_500_s']:.2f} s | {r['feedforward_s'] * 1000:.1f} ms "
+            f"({r['feedforward_min_s'] * 1000:.1f}-{r['feedforward_max_s'] * 1000:.1f}) | "
+            f"{r['speedup_100']:.0f}x / {r['speedup_300']:.0f}x / {r['speedup_500']:.0f}x |")
+    t = res["train"]
+    lines += ["", f"Training step 4x256²: {t['median_s'] * 1000:.1f} ms "
+              f"({t['steps_per_s']:.2f} steps/s, {t['images_per_s']:.1f} images/s; compile "
+              f"{t['compile_s']:.1f} s).", "", "| inference 256², batch | ms | images/s |",
+              "|---|---|---|"]
+    for r in res["inference"]:
+        lines.append(f"| {r['batch']} | {r['median_s'] * 1000:.1f} | {r['images_per_s']:.1f} |")
+    if res.get("peer"):
+        lines += ["", "| vs PyTorch peer (same machine) | fastnst | peer | ratio |", "|---|---|---|---|"]
+        for k, v in res["peer"].items():
+            if v.get("fastnst_s") is not None:
+                ratio = f"{v['ratio']:.2f}" if v["ratio"] else "n/a"
+                peer_s = f"{v['peer_s'] * 1000:.0f} ms" if v["peer_s"] else "n/a"
+                lines.append(f"| {k} | {v['fastnst_s'] * 1000:.0f} ms | {peer_s} | {ratio} |")
+    if res.get("peak_memory_bytes"):
+        lines += ["", f"Peak device memory: {res['peak_memory_bytes'] / 2**30:.2f} GiB."]
+    return "\n".join(lines) + "\n"
+
+
+def csv(res: dict) -> str:
+    keys = sorted({k for r in res["table1"] for k in r})
+    return ",".join(keys) + "\n" + "".join(
+        ",".join(str(r.get(k, "")) for k in keys) + "\n" for r in res["table1"])
+
+
+def write(res: dict, folder: str | Path) -> Path:
+    from fastnst.images import atomic_write_bytes
+
+    folder = Path(folder)
+    atomic_write_bytes(folder / "bench.json", json.dumps(res, indent=2).encode())
+    atomic_write_bytes(folder / "bench.md", markdown(res).encode())
+    atomic_write_bytes(folder / "bench.csv", csv(res).encode())
+    return folder
