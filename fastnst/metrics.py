@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -89,6 +90,7 @@ def lpips_weights(flat: Mapping[str, np.ndarray] | None = None) -> list[jnp.ndar
                            "are not in torchvision's VGG-16 file)") from None
 
 
+@jax.jit
 def lpips(vgg_params: Mapping, lin: list, a: np.ndarray, b: np.ndarray) -> jnp.ndarray:
     """LPIPS (VGG variant, Zhang et al. 2018) between NHWC [0, 255] batches; one value per image.
 

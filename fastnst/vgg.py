@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fastnst import layers
 from fastnst.errors import WeightsError
 from fastnst.images import atomic_write_bytes
 
@@ -63,7 +64,7 @@ class VGG16(nn.Module):
             if block > 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             for i in range(1, n + 1):
-                x = nn.Conv(channels, (3, 3), padding=1, dtype=self.dtype, name=f"conv{block}_{i}")(x)
+                x = layers.Conv(channels, 3, padding=1, dtype=self.dtype, name=f"conv{block}_{i}")(x)
                 x = nn.relu(x)
                 out[f"relu{block}_{i}"] = x
                 if f"relu{block}_{i}" == self.last_layer:

@@ -69,3 +69,16 @@ def test_build_from_config_and_bad_options():
         nets.build({**cfg, "task": "nope"})
     with pytest.raises(ValueError):
         nets.style_net(norm="layer").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("edge", [False, True])
+def test_nearest_up_conv_equals_upsample_then_conv(edge):
+    import flax.linen as nn
+
+    m = nets.NearestUpConv(8, edge_pad=edge)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 7, 4))
+    v = m.init(jax.random.key(1), x)
+    up = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+    up = jnp.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if edge else "constant")
+    ref = nn.Conv(8, (3, 3), padding=0).apply({"params": v["params"]}, up)
+    np.testing.assert_allclose(m.apply(v, x), ref, atol=1e-5)
