@@ -104,7 +104,10 @@ class TransformNet(nn.Module):
         p = kernel // 2 if pad else 0
         if self.padding == "reflect_same" and p:
             x, p = _reflect(x, p), 0
-        return layers.Conv(features, kernel, strides=stride, padding=p, name=name)(x)
+        # The paper's unpadded residual convs ran 2x slower as CPU matrix products than with
+        # XLA's conv (measured; docs/cpu_performance.md), unlike the padded ones.
+        impl = "auto" if pad else "xla"
+        return layers.Conv(features, kernel, strides=stride, padding=p, name=name, impl=impl)(x)
 
     def _up(self, x, features: int, name: str):
         if self.upsample == "transpose":
