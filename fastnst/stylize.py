@@ -20,11 +20,12 @@ from fastnst import images
 from fastnst.errors import FastnstError
 from fastnst.export import Model, load_model
 
-__all__ = ["Model", "load_model", "apply", "run_files", "FileResult", "output_path"]
+__all__ = ["Model", "load_model", "apply", "forward", "run_files", "FileResult", "output_path"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(net, variables, x):
+def forward(net, variables, x):
+    """The jitted inference pass of a network (compiled once per net and input shape)."""
     return net.apply(variables, x)
 
 
@@ -32,8 +33,8 @@ def apply(model: Model, batch: np.ndarray | jax.Array) -> jax.Array:
     """Runs the network on NHWC images in [0, 255]; returns NHWC in [0, 255] (x scale for SR)."""
     batch = jnp.asarray(batch, jnp.float32)
     if batch.ndim == 3:
-        return _forward(model.net, model.variables, batch[None])[0]
-    return _forward(model.net, model.variables, batch)
+        return forward(model.net, model.variables, batch[None])[0]
+    return forward(model.net, model.variables, batch)
 
 
 @dataclass

@@ -8,7 +8,6 @@ chosen by `config.model.task`), resuming from the newest checkpoint in `workdir`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import signal
 import time
@@ -23,7 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from fastnst import data, export, images, losses, nets, vgg
+from fastnst import data, export, images, losses, nets, stylize, vgg
 from fastnst.errors import FastnstError
 
 
@@ -304,13 +303,8 @@ def _sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
     return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(net, variables, x):
-    return net.apply(variables, x)
-
-
 def _write_samples(workdir: Path, step: int, net, variables, samples) -> None:
-    outs = [np.asarray(_apply(net, variables, jnp.asarray(s[None])))[0] for s in samples]
+    outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(s[None])))[0] for s in samples]
     images.save_image(workdir / "samples" / f"step_{step:07d}.png",
                       images.side_by_side(outs, height=192))
 
