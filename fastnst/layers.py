@@ -52,9 +52,6 @@ def _matmul_conv_raw(x, kernel, stride, impl):
     kh, kw, cin, cout = kernel.shape
     n, h, w, _ = x.shape
     oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
-    # Materialise the input once: otherwise XLA fuses its producer (e.g. a normalisation) into
-    # each of the per-tap matrix products and recomputes it kh*kw times (measured 2x slower).
-    x = jax.lax.optimization_barrier(x)
     if impl == "gemm":
         out = None
         for i in range(kh):
