@@ -69,8 +69,10 @@ class NearestUpConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         phases = jnp.einsum("pay,qbx,yxio->abipqo", _PHASE, _PHASE, kernel)
         phases = phases.reshape(3, 3, c, 4 * self.features)
-        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge" if self.edge_pad else "constant")
-        y = layers.conv2d(x, phases)
+        if self.edge_pad:
+            y = layers.conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), phases)
+        else:
+            y = layers.conv2d(x, phases, padding=1)
         y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
         return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
@@ -104,10 +106,7 @@ class TransformNet(nn.Module):
         p = kernel // 2 if pad else 0
         if self.padding == "reflect_same" and p:
             x, p = _reflect(x, p), 0
-        # The paper's unpadded residual convs ran 2x slower as CPU matrix products than with
-        # XLA's conv (measured; docs/cpu_performance.md), unlike the padded ones.
-        impl = "auto" if pad else "xla"
-        return layers.Conv(features, kernel, strides=stride, padding=p, name=name, impl=impl)(x)
+        return layers.Conv(features, kernel, strides=stride, padding=p, name=name)(x)
 
     def _up(self, x, features: int, name: str):
         if self.upsample == "transpose":

@@ -1,4 +1,4 @@
-"""The CPU matmul forms of convolution equal XLA's convolution, values and gradients."""
+"""The CPU form of the convolution equals XLA's plain convolution, values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -7,21 +7,34 @@ import pytest
 
 from fastnst.layers import conv2d
 
-CASES = [((2, 9, 11, 8), (3, 3, 8, 6), 1, "gemm"), ((2, 9, 11, 8), (3, 3, 8, 6), 2, "gemm"),
-         ((1, 12, 13, 8), (9, 9, 8, 3), 1, "col2im")]
+CASES = [  # x shape, kernel shape, stride, padding: each branch of the forward and the VJP
+    ((2, 9, 11, 8), (3, 3, 8, 6), 1, 0), ((2, 9, 11, 8), (3, 3, 8, 6), 1, 1),
+    ((2, 9, 11, 8), (3, 3, 8, 6), 2, 0), ((2, 10, 11, 8), (3, 3, 8, 6), 2, 1),
+    ((1, 12, 13, 8), (9, 9, 8, 3), 1, 0), ((1, 12, 13, 3), (9, 9, 3, 8), 1, 4),
+]
 
 
-@pytest.mark.parametrize("shape,kshape,stride,impl", CASES)
-def test_matmul_conv_matches_xla(shape, kshape, stride, impl):
+@pytest.mark.parametrize("shape,kshape,stride,padding", CASES)
+def test_cpu_conv_matches_xla(shape, kshape, stride, padding):
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kshape)
-    np.testing.assert_allclose(conv2d(x, w, stride, impl=impl), conv2d(x, w, stride, impl="xla"),
-                               rtol=1e-5, atol=1e-4)
+
+    def conv(impl):
+        return lambda x, w: conv2d(x, w, stride, padding, impl=impl)
+
+    ours, ref = conv("cpu")(x, w), conv("xla")(x, w)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-4)
 
     def loss(impl):
-        return lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, stride, impl=impl)))
+        return lambda x, w: jnp.sum(jnp.sin(conv(impl)(x, w)))
 
-    ours = jax.grad(loss(impl), (0, 1))(x, w)
+    ours = jax.grad(loss("cpu"), (0, 1))(x, w)
     ref = jax.grad(loss("xla"), (0, 1))(x, w)
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4)
+
+
+def test_unknown_impl():
+    with pytest.raises(ValueError, match="unknown conv impl"):
+        conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), impl="gemm")
