@@ -43,11 +43,9 @@ def peak_memory_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def measure(call: Callable[[], object], *, repeats: int, compile_s: float, warmup: bool = True) -> dict:
-    """One warm-up `call()` (unless `warmup` is False), then `repeats` timed ones, each blocked
-    until ready."""
-    if warmup:
-        jax.block_until_ready(call())
+def measure(call: Callable[[], object], *, repeats: int, compile_s: float) -> dict:
+    """One warm-up `call()`, then `repeats` timed ones, each blocked until ready."""
+    jax.block_until_ready(call())
     runs = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -96,25 +94,15 @@ def train_step(size: int = 256, batch: int = 4, *, variant=PAPER_STYLE, repeats:
 
 
 def lbfgs(size: int, counts=LBFGS_COUNTS, *, vgg_params, repeats: int = 1) -> dict:
-    """Seconds for `counts` projected L-BFGS iterations from noise at size x size (style objective).
-
-    Returns {"compile_s": the first call's time, n: measure(...) for each n in counts}. The first
-    call compiles; on the CPU's host loop one 1-iteration call compiles every count.
-    """
+    """{n: measure(...)} for n projected L-BFGS iterations from noise at size x size (style objective)."""
     spec = losses.LossSpec.from_config(STYLE_LOSS)
     content, style = np.asarray(_image(size)[0]), np.asarray(_image(size, seed=2)[0])
     cf, sg = gatys.targets(spec, vgg_params, content, style)
     x0 = gatys.initial_image("noise", (size, size), content=None, key=jax.random.key(0))
-
-    def call(n):
-        return lambda: gatys.run(x0, vgg_params, cf, sg, spec=spec, iters=n)
-
-    host = gatys.default_loop() == "host"
-    t = time.perf_counter()
-    jax.block_until_ready(call(1 if host else counts[0])())
-    out = {"compile_s": time.perf_counter() - t}
+    out = {}
     for n in counts:
-        out[n] = measure(call(n), repeats=repeats, compile_s=0.0, warmup=not host)
+        compiled, c = _compile(gatys.run, x0, vgg_params, cf, sg, spec=spec, iters=n)
+        out[n] = measure(lambda f=compiled: f(x0, vgg_params, cf, sg), repeats=repeats, compile_s=c)
     return out
 
 
@@ -137,14 +125,14 @@ def table1(sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3, vgg_para
             r = lbfgs(size, (quick, 2 * quick), vgg_params=vgg_params)
             first, both = r[quick]["median_s"], r[2 * quick]["median_s"]
             per_iter = max(both - first, 0.0) / quick
-            row.update({"lbfgs_iters_measured": 2 * quick, "lbfgs_compile_s": r["compile_s"],
+            row.update({"lbfgs_iters_measured": 2 * quick, "lbfgs_compile_s": r[quick]["compile_s"],
                         "lbfgs_s_per_iter": per_iter})
             for n in LBFGS_COUNTS:
                 row[f"lbfgs_{n}_s"] = first + (n - quick) * per_iter
         else:
             r = lbfgs(size, LBFGS_COUNTS, vgg_params=vgg_params)
-            row["lbfgs_compile_s"] = r["compile_s"]
             for n in LBFGS_COUNTS:
+                row[f"lbfgs_{n}_compile_s"] = r[n]["compile_s"]
                 row[f"lbfgs_{n}_s"] = r[n]["median_s"]
             row["lbfgs_s_per_iter"] = row["lbfgs_500_s"] / 500
         for n in LBFGS_COUNTS:

@@ -1,9 +1,9 @@
-"""The super-resolution evaluation protocol (paper Table 2; SRCNN's scripts).
+"""Evaluation protocols: super-resolution (paper Table 2) and network vs optimisation (Fig. 5).
 
-For each HR image of a set: crop to a multiple of the scale, make LR by bicubic downsampling on
-uint8 data (Pillow's antialiased bicubic, within 0.01 dB of MATLAB's `imresize` here), super-
-resolve, and score PSNR/SSIM on luma with `scale` pixels shaved (`metrics.sr_scores`), plus LPIPS
-(VGG) on RGB. Grayscale files are evaluated on their gray values.
+Super-resolution (SRCNN's scripts): for each HR image of a set: crop to a multiple of the scale,
+make LR by bicubic downsampling on uint8 data (Pillow's antialiased bicubic, within 0.01 dB of
+MATLAB's `imresize` here), super-resolve, and score PSNR/SSIM on luma with `scale` pixels shaved
+(`metrics.sr_scores`), plus LPIPS (VGG) on RGB. Grayscale files are evaluated on their gray values.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from fastnst import images, metrics, stylize
+from fastnst import gatys, images, losses, metrics, stylize, vgg
 from fastnst.errors import FastnstError
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # HxWx3 LR -> (scale*H)x(scale*W)x3 SR
@@ -100,3 +102,63 @@ def find_set(name: str, root: Path) -> Path:
     if (root / name).is_dir():
         return root / name
     raise FastnstError(f"{name}: not a folder, and not a set under {root}")
+
+
+# --------------------------------------------------------------------------- paper Fig. 5
+
+
+def center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """The largest centred square of an image, resized to size x size."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return np.clip(images.resize(image[top: top + s, left: left + s], (size, size), method="lanczos"),
+                   0, 255)
+
+
+def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, style_grams,
+                   photos: dict[str, np.ndarray], *, iters: int = 300,
+                   key: jax.Array | None = None, on_photo: Callable | None = None) -> list[dict]:
+    """Paper Fig. 5: the style-transfer objective reached by the network's output and by
+    projected L-BFGS from white noise, on the same photos, weights and layers.
+
+    Each photo must be square (see `center_square`). Returns one row per photo: `name`,
+    `network` (objective of the network's output), `lbfgs` (objective at iterations 0..iters),
+    `iters_to_match` (first L-BFGS iteration at or below the network's objective, or None), and
+    the network's output and the last L-BFGS image (`images`, for figures).
+    """
+    key = jax.random.key(0) if key is None else key
+    rows = []
+    for i, (name, photo) in enumerate(photos.items()):
+        content_feats = vgg.features(vgg_params, jnp.asarray(photo[None], jnp.float32), spec.content_layers)
+        f = jax.jit(gatys.objective(spec, vgg_params, content_feats, style_grams))
+        net_out = np.asarray(stylize.apply(model, photo))
+        network = float(f(net_out))
+        x0 = gatys.initial_image("noise", photo.shape[:2], content=None, key=jax.random.fold_in(key, i))
+        x, values = gatys.run(x0, vgg_params, content_feats, style_grams, spec=spec, iters=iters)
+        values = np.asarray(values, np.float64)
+        below = np.flatnonzero(values <= network)
+        rows.append({"name": name, "network": network, "lbfgs": values.tolist(),
+                     "iters_to_match": int(below[0]) if below.size else None,
+                     "images": {"network": net_out, "lbfgs": np.asarray(x)}})
+        if on_photo is not None:
+            on_photo(rows[-1])
+    return rows
+
+
+def fig5_table(rows: list[dict], checkpoints=(50, 100, 300)) -> str:
+    """Markdown: per photo and on average, the network's objective and L-BFGS's at checkpoints."""
+    cps = [c for c in checkpoints if c < len(rows[0]["lbfgs"])]
+    head = "| photo | network | " + " | ".join(f"L-BFGS {c}" for c in cps) + " | L-BFGS iters to match |"
+    lines = [head, "|---" * (len(cps) + 3) + "|"]
+
+    def fmt_match(r):
+        return str(r["iters_to_match"]) if r["iters_to_match"] is not None else f"> {len(r['lbfgs']) - 1}"
+
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['network']:.2f} | "
+                     + " | ".join(f"{r['lbfgs'][c]:.2f}" for c in cps) + f" | {fmt_match(r)} |")
+    mean = lambda xs: float(np.mean(xs))  # noqa: E731
+    lines.append(f"| **mean** | **{mean([r['network'] for r in rows]):.2f}** | "
+                 + " | ".join(f"**{mean([r['lbfgs'][c] for r in rows]):.2f}**" for c in cps) + " | |")
+    return "\n".join(lines)

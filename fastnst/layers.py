@@ -10,8 +10,12 @@ things differ, both measured on jaxlib 0.10.2 (docs/cpu_performance.md):
   convolution (of an input that was reflection-padded beforehand) is computed with one extra row of
   zero padding at the bottom, cropped off afterwards (1/H more work).
 * XLA's kernel gradient is slow (64->64 at 4x256²: 5.7 s); the custom VJP computes it as one
-  matrix product per tap over the flattened batch and positions (0.75 s). The input gradient is
-  XLA's own (its transposed convolution is padded, hence fast).
+  matrix product per tap over the flattened batch and positions (0.75 s).
+* The input gradient of a stride-1 conv is written out as a padded conv of the output gradient
+  with the flipped, transposed kernel, materialised behind an optimisation barrier: XLA's own
+  transpose folds the kernel transposition into the conv's dimension labels (`01oi`), which
+  XLA:CPU runs about 6x slower inside loops (236 vs 39 ms per 3x3 128->128 conv at 128² in a
+  `fori_loop`, as in the L-BFGS line search) and 1.5x slower outside them.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ def _xla_conv(x, kernel, stride, padding):
 
 
 def _padded_conv(x, kernel, stride, padding):
-    """The forward pass, always with a non-zero padding attribute (see the module docstring)."""
-    if padding:
-        return _xla_conv(x, kernel, stride, ((padding, padding), (padding, padding)))
+    """`_xla_conv`, always with a non-zero padding attribute (see the module docstring)."""
+    pads = padding if isinstance(padding, tuple) else ((padding, padding), (padding, padding))
+    if any(pads[0]) or any(pads[1]):
+        return _xla_conv(x, kernel, stride, pads)
     out_h = (x.shape[1] - kernel.shape[0]) // stride + 1
     return _xla_conv(x, kernel, stride, ((0, 1), (0, 0)))[:, :out_h]
 
@@ -65,7 +70,13 @@ def _cpu_conv_fwd(x, kernel, stride, padding):
 def _cpu_conv_bwd(stride, padding, residuals, g):
     x, kernel = residuals
     kh, kw, cin, cout = kernel.shape
-    dx = jax.vjp(lambda a: _padded_conv(a, kernel, stride, padding), x)[1](g)[0]
+    if stride == 1:  # correlation with the flipped kernel; padding chosen so that dx matches x
+        flipped = jax.lax.optimization_barrier(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+        pads = [(k - 1 - padding, n - 1 + padding - (o - 1))
+                for k, n, o in ((kh, x.shape[1], g.shape[1]), (kw, x.shape[2], g.shape[2]))]
+        dx = _padded_conv(g, flipped, 1, tuple(pads))
+    else:
+        dx = jax.vjp(lambda a: _padded_conv(a, kernel, stride, padding), x)[1](g)[0]
     if cout <= 4:  # a GEMM with <= 4 columns per tap is slower than XLA's (the to-RGB conv)
         dk = jax.vjp(lambda k: _padded_conv(x, k, stride, padding), kernel)[1](g)[0]
         return dx, dk

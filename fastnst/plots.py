@@ -41,3 +41,25 @@ def loss_curves(rows: Sequence[Mapping], path: str | Path, *, x: str = "step") -
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, Path(path))
+
+
+def fig5_curves(rows: Sequence[Mapping], path: str | Path, *, title: str = "") -> Path:
+    """Paper Fig. 5: L-BFGS objective per iteration (mean over photos, min-max band) against the
+    network's mean objective (a horizontal line)."""
+    import numpy as np
+
+    plt = _figure()
+    curves = np.asarray([r["lbfgs"] for r in rows])
+    it = np.arange(curves.shape[1])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(it, curves.mean(0), label=f"projected L-BFGS from noise (mean of {len(rows)})")
+    ax.fill_between(it, curves.min(0), curves.max(0), alpha=0.2)
+    network = np.mean([r["network"] for r in rows])
+    ax.axhline(network, color="C3", ls="--", label="feed-forward network (mean)")
+    ax.set_yscale("log")
+    ax.set_xlabel("L-BFGS iteration")
+    ax.set_ylabel("style transfer objective")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))

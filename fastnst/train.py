@@ -82,8 +82,7 @@ def style_targets(vgg_params: Mapping, style_image: np.ndarray, layers, size: in
     """Gram matrices [1, C, C] of the style image (longer side resized to `size`), once per run."""
     if not layers:
         return {}
-    image = images.resize_max_side(style_image, size) if max(style_image.shape[:2]) > size else \
-        np.clip(images.resize(style_image, _scaled(style_image.shape, size)), 0, 255)
+    image = np.clip(images.resize(style_image, _scaled(style_image.shape, size), method="lanczos"), 0, 255)
     feats = vgg.features(vgg_params, jnp.asarray(image[None]), layers)
     return {k: losses.gram(f) for k, f in feats.items()}
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fastnst import bench, export, stylize
+from fastnst import bench, evaluate, export, gatys, losses, stylize, train
 from fastnst.errors import WeightsError
 
 
@@ -26,7 +26,8 @@ def test_shipped_models_by_name():
 def test_bench_table_smoke(tmp_path):
     rows = bench.table1((32,), quick=1, repeats=1)
     r = rows[0]
-    assert r["lbfgs_estimated"] and r["lbfgs_500_s"] == pytest.approx(500 * r["lbfgs_s_per_iter"])
+    assert r["lbfgs_estimated"] and r["lbfgs_iters_measured"] == 2 and r["lbfgs_100_s"] > 0
+    assert r["lbfgs_500_s"] - r["lbfgs_100_s"] == pytest.approx(400 * r["lbfgs_s_per_iter"])
     assert r["speedup_500"] == pytest.approx(r["lbfgs_500_s"] / r["feedforward_s"])
     res = {"device": bench.device_info(), "quick": 1, "table1": rows,
            "train": {"median_s": 1.0, "steps_per_s": 1.0, "images_per_s": 4.0, "compile_s": 1.0},
@@ -34,3 +35,24 @@ def test_bench_table_smoke(tmp_path):
     bench.write(res, tmp_path)
     assert json.loads((tmp_path / "bench.json").read_text())["table1"][0]["size"] == 32
     assert "| 32² |" in (tmp_path / "bench.md").read_text()
+
+
+def test_fig5_network_vs_lbfgs(vgg_params):
+    """Each row's network objective is the objective of the network's output; the L-BFGS curve
+    starts at the noise image, never rises, and `iters_to_match` is where it first reaches it."""
+    spec = losses.LossSpec.from_config(bench.STYLE_LOSS)
+    rng = np.random.default_rng(0)
+    photo = evaluate.center_square(rng.uniform(0, 255, (40, 56, 3)).astype(np.float32), 32)
+    style = rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)
+    grams = train.style_targets(vgg_params, style, spec.style_layers, 48)
+    model = stylize.load_model("starry_night")
+    (row,) = evaluate.style_vs_lbfgs(model, vgg_params, spec, grams, {"p": photo}, iters=6)
+    cf, _ = gatys.targets(spec, vgg_params, photo, style)
+    f = gatys.objective(spec, vgg_params, cf, grams)
+    assert row["network"] == pytest.approx(float(f(stylize.apply(model, photo))), rel=1e-4)
+    curve = np.asarray(row["lbfgs"])
+    assert curve.shape == (7,) and np.all(np.diff(curve) <= 1e-5 * curve[:-1])
+    below = np.flatnonzero(curve <= row["network"])
+    assert row["iters_to_match"] == (int(below[0]) if below.size else None)
+    table = evaluate.fig5_table([row], (2, 6))
+    assert "| p |" in table and "L-BFGS 6" in table and "**mean**" in table
