@@ -57,6 +57,10 @@ def test_stays_in_box_and_never_increases(vgg_params, problem):
     assert r.objective.shape == (13,)
     assert np.all(np.diff(r.objective) <= 1e-5 * r.objective[:-1]), r.objective
     assert [i for i, _ in seen] == [4, 8, 12]
+    # the objective reported for the last iterate is that of the returned (projected) image
+    cf, sg = gatys.targets(SPEC, vgg_params, content, style)
+    f = gatys.objective(SPEC, vgg_params, cf, sg)
+    assert r.objective[-1] == pytest.approx(float(f(r.image)), rel=1e-5)
     np.testing.assert_allclose([v for _, v in seen], r.objective[[4, 8, 12]], rtol=1e-6)
 
 
