@@ -24,7 +24,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check fastnst bin configs tests
-	$(PY) -m ruff format --check fastnst bin configs tests
 
 clean:
 	rm -rf $(VENV) runs
