@@ -57,3 +57,6 @@ def test_user_mistakes_give_one_line_errors(tmp_path, weights_cache):
     r = _run("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
              "--config.style_image=/missing.jpg")
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    r = _run("bin/eval_style", "--model=starry_night", "--style=/missing.jpg", str(tmp_path / "x.png"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.png" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
