@@ -1,7 +1,7 @@
 """A 2-D convolution layer that XLA:CPU runs fast, shared by the transformation nets and VGG-16.
 
 `Conv` has exactly `nn.Conv`'s parameters (`kernel` HWIO, `bias`) and initialisers, so weights and
-checkpoints are interchangeable. On accelerators it is `lax.conv_general_dilated`. On the CPU two
+checkpoints are interchangeable. On accelerators it is `lax.conv_general_dilated`. On the CPU three
 things differ, both measured on jaxlib 0.10.2 (docs/cpu_performance.md):
 
 * XLA:CPU runs a convolution whose `padding` attribute is non-zero about 4x faster than the same
