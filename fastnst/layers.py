@@ -2,7 +2,7 @@
 
 `Conv` has exactly `nn.Conv`'s parameters (`kernel` HWIO, `bias`) and initialisers, so weights and
 checkpoints are interchangeable. On accelerators it is `lax.conv_general_dilated`. On the CPU three
-things differ, both measured on jaxlib 0.10.2 (docs/cpu_performance.md):
+things differ, all measured on jaxlib 0.10.2 (docs/cpu_performance.md):
 
 * XLA:CPU runs a convolution whose `padding` attribute is non-zero about 4x faster than the same
   convolution with VALID padding (e.g. 3x3 128->128 at 128²: 47 vs 211 ms; 9x9 32->3 at 512²: 61 vs
