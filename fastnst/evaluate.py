@@ -128,12 +128,16 @@ def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, styl
     the network's output and the last L-BFGS image (`images`, for figures).
     """
     key = jax.random.key(0) if key is None else key
+
+    @jax.jit  # one compilation for all photos; the VGG weights are arguments, not constants
+    def value(image, params, content_feats, grams):
+        return gatys.objective(spec, params, content_feats, grams)(image)
+
     rows = []
     for i, (name, photo) in enumerate(photos.items()):
         content_feats = vgg.features(vgg_params, jnp.asarray(photo[None], jnp.float32), spec.content_layers)
-        f = jax.jit(gatys.objective(spec, vgg_params, content_feats, style_grams))
         net_out = np.asarray(stylize.apply(model, photo))
-        network = float(f(net_out))
+        network = float(value(net_out, vgg_params, content_feats, style_grams))
         x0 = gatys.initial_image("noise", photo.shape[:2], content=None, key=jax.random.fold_in(key, i))
         x, values = gatys.run(x0, vgg_params, content_feats, style_grams, spec=spec, iters=iters)
         values = np.asarray(values, np.float64)
