@@ -26,8 +26,6 @@ PAPER_STYLE = dict(norm="batch", upsample="transpose", padding="paper")
 # The architecture of shared/peers/torch_peer.py (instance norm, reflection padding at every
 # conv, nearest-neighbour upsampling + conv), for like-for-like ratios.
 PEER_STYLE = dict(norm="instance", upsample="resize_conv", padding="reflect_same")
-STYLE_LOSS = dict(content=1.0, style=2.0, tv=2e-5, content_layers=("relu2_2",),
-                  style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"))
 LBFGS_COUNTS = (100, 300, 500)
 
 
@@ -74,12 +72,11 @@ def feedforward(size: int, *, batch: int = 1, variant=PAPER_STYLE, repeats: int 
     return measure(lambda: compiled(variables, x), repeats=repeats, compile_s=c)
 
 
-def train_step(size: int = 256, batch: int = 4, *, variant=PAPER_STYLE, repeats: int = 5,
-               vgg_params=None) -> dict:
-    """Time of one train step (net forward/backward + VGG-16 losses + Adam)."""
+def train_step(spec: losses.LossSpec, size: int = 256, batch: int = 4, *, variant=PAPER_STYLE,
+               repeats: int = 5, vgg_params=None) -> dict:
+    """Time of one train step (net forward/backward + VGG-16 losses `spec` + Adam)."""
     net = nets.style_net(**variant)
     holder = [train.create_train_state(net, jax.random.key(0), lr=1e-3)]
-    spec = losses.LossSpec.from_config(STYLE_LOSS)
     vgg_params = vgg_params or vgg.random_params()
     grams = train.style_targets(vgg_params, np.asarray(_image(size)[0]), spec.style_layers, size)
     x = _image(size, batch, seed=1)
@@ -93,9 +90,8 @@ def train_step(size: int = 256, batch: int = 4, *, variant=PAPER_STYLE, repeats:
     return measure(call, repeats=repeats, compile_s=c)
 
 
-def lbfgs(size: int, counts=LBFGS_COUNTS, *, vgg_params, repeats: int = 1) -> dict:
-    """{n: measure(...)} for n projected L-BFGS iterations from noise at size x size (style objective)."""
-    spec = losses.LossSpec.from_config(STYLE_LOSS)
+def lbfgs(spec: losses.LossSpec, size: int, counts=LBFGS_COUNTS, *, vgg_params, repeats: int = 1) -> dict:
+    """{n: measure(...)} for n projected L-BFGS iterations of objective `spec` from noise at size²."""
     content, style = np.asarray(_image(size)[0]), np.asarray(_image(size, seed=2)[0])
     cf, sg = gatys.targets(spec, vgg_params, content, style)
     x0 = gatys.initial_image("noise", (size, size), content=None, key=jax.random.key(0))
@@ -106,7 +102,8 @@ def lbfgs(size: int, counts=LBFGS_COUNTS, *, vgg_params, repeats: int = 1) -> di
     return out
 
 
-def table1(sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3, vgg_params=None) -> list:
+def table1(spec: losses.LossSpec, sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3,
+           vgg_params=None) -> list:
     """Rows of the paper's Table 1: L-BFGS at 100/300/500 iterations vs the feed-forward net.
 
     With `quick=n`, runs of n and 2n iterations are timed and each column is extrapolated as
@@ -122,7 +119,7 @@ def table1(sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3, vgg_para
                "feedforward_max_s": ff["max_s"], "feedforward_compile_s": ff["compile_s"],
                "lbfgs_estimated": bool(quick)}
         if quick:
-            r = lbfgs(size, (quick, 2 * quick), vgg_params=vgg_params)
+            r = lbfgs(spec, size, (quick, 2 * quick), vgg_params=vgg_params)
             first, both = r[quick]["median_s"], r[2 * quick]["median_s"]
             per_iter = max(both - first, 0.0) / quick
             row.update({"lbfgs_iters_measured": 2 * quick, "lbfgs_compile_s": r[quick]["compile_s"],
@@ -130,7 +127,7 @@ def table1(sizes=(256, 512, 1024), *, quick: int = 0, repeats: int = 3, vgg_para
             for n in LBFGS_COUNTS:
                 row[f"lbfgs_{n}_s"] = first + (n - quick) * per_iter
         else:
-            r = lbfgs(size, LBFGS_COUNTS, vgg_params=vgg_params)
+            r = lbfgs(spec, size, LBFGS_COUNTS, vgg_params=vgg_params)
             for n in LBFGS_COUNTS:
                 row[f"lbfgs_{n}_compile_s"] = r[n]["compile_s"]
                 row[f"lbfgs_{n}_s"] = r[n]["median_s"]
@@ -152,13 +149,14 @@ def peer(task: str, peer_path: str, **kwargs) -> dict | None:
         return None
 
 
-def run(*, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3, peer_path: str | None = None,
-        train_repeats: int = 5) -> dict:
-    """Everything `bin/bench` reports, as one JSON-able dict."""
+def run(spec: losses.LossSpec, *, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3,
+        peer_path: str | None = None, train_repeats: int = 5) -> dict:
+    """Everything `bin/bench` reports, as one JSON-able dict; `spec` is the style objective
+    (bin/bench takes it from configs/style.py)."""
     vgg_params = vgg.load_params()
     res = {"device": device_info(), "quick": quick, "table1": table1(
-        sizes, quick=quick, repeats=repeats, vgg_params=vgg_params)}
-    ts = train_step(vgg_params=vgg_params, repeats=train_repeats)
+        spec, sizes, quick=quick, repeats=repeats, vgg_params=vgg_params)}
+    ts = train_step(spec, vgg_params=vgg_params, repeats=train_repeats)
     res["train"] = {"batch": 4, "size": 256, **ts, "steps_per_s": 1 / ts["median_s"],
                     "images_per_s": 4 / ts["median_s"]}
     res["inference"] = []
@@ -166,17 +164,17 @@ def run(*, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3, peer_path: 
         r = feedforward(256, batch=b, repeats=repeats)
         res["inference"].append({"batch": b, "size": 256, **r, "images_per_s": b / r["median_s"]})
     if peer_path:
-        res["peer"] = _peer_comparison(peer_path, vgg_params, repeats)
+        res["peer"] = _peer_comparison(spec, peer_path, vgg_params, repeats)
     res["peak_memory_bytes"] = peak_memory_bytes()
     return res
 
 
-def _peer_comparison(peer_path: str, vgg_params, repeats: int) -> dict:
+def _peer_comparison(spec: losses.LossSpec, peer_path: str, vgg_params, repeats: int) -> dict:
     """Like-for-like ratios against the PyTorch peer (ours / theirs: below 1 means faster)."""
     out = {}
     ours = {"stylize_512": feedforward(512, variant=PEER_STYLE, repeats=repeats)["median_s"],
             "stylize_512_paper_net": feedforward(512, repeats=repeats)["median_s"],
-            "train_step_4x256": train_step(variant=PEER_STYLE, vgg_params=vgg_params,
+            "train_step_4x256": train_step(spec, variant=PEER_STYLE, vgg_params=vgg_params,
                                            repeats=repeats)["median_s"]}
     theirs = {"stylize_512": peer("stylize", peer_path, size=512, repeats=repeats),
               "train_step_4x256": peer("train-step", peer_path, size=256, batch=4, repeats=repeats),

@@ -233,3 +233,37 @@ def builtin_photos(dst: str | os.PathLike) -> Path:
         if (src / name).is_file() and not (dst / name).is_file():
             images.atomic_write_bytes(dst / name, (src / name).read_bytes())
     return dst
+
+
+def shared_data() -> Path:
+    """The shared data folder of a clone (`../shared/data`), or `$FASTNST_SHARED_DATA`."""
+    env = os.environ.get("FASTNST_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def sample_photo(name: str) -> Path:
+    """A photo scikit-image ships (e.g. `chelsea.png`), available offline after installation."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / name
+
+
+def training_folder(fallback_dir: str | os.PathLike) -> tuple[Path, int]:
+    """(folder of training photos, photos to hold out): `../shared/data/train` when the clone has
+    it, else scikit-image's bundled photos copied into `fallback_dir` (one held out)."""
+    shared = shared_data() / "train"
+    if shared.is_dir():
+        return shared, 4
+    return builtin_photos(fallback_dir), 1
+
+
+def content_photo() -> Path:
+    """A content photo for demos: `../shared/data/content/chicago.jpg`, else scikit-image's astronaut."""
+    p = shared_data() / "content" / "chicago.jpg"
+    return p if p.is_file() else sample_photo("astronaut.png")
+
+
+def style_photo(name: str) -> Path:
+    """The style image `name` from `../shared/data/styles`, else scikit-image's coffee photo."""
+    p = shared_data() / "styles" / f"{name}.jpg"
+    return p if p.is_file() else sample_photo("coffee.png")

@@ -15,3 +15,10 @@ class ImageError(FastnstError):
 
 class WeightsError(FastnstError):
     """VGG-16 or model weights are missing, truncated, or fail their integrity check."""
+
+
+class ConfigError(FastnstError, ValueError):
+    """A config value, loss term, network option or command-line value is invalid.
+
+    Also a `ValueError`, so callers that validated arguments with `ValueError` keep working.
+    """

@@ -8,6 +8,7 @@ MATLAB's `imresize` here), super-resolve, and score PSNR/SSIM on luma with `scal
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -166,3 +167,85 @@ def fig5_table(rows: list[dict], checkpoints=(50, 100, 300)) -> str:
     lines.append(f"| **mean** | **{mean([r['network'] for r in rows]):.2f}** | "
                  + " | ".join(f"**{mean([r['lbfgs'][c] for r in rows]):.2f}**" for c in cps) + " | |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- whole protocols
+
+
+def sr_benchmark(models: Sequence[str], *, scale: int, sets: Sequence[str], root: str | os.PathLike,
+                 histogram_match: bool = False, lpips: bool = True,
+                 on_result: Callable[[str, str, dict], None] | None = None) -> dict:
+    """Paper Table 2: {method: {set: scores}} for `bicubic` and model files / shipped names."""
+    lpips_fn = None
+    if lpips:
+        params, lin = vgg.load_params(), metrics.lpips_weights()
+        lpips_fn = lambda x, y: metrics.lpips(params, lin, x, y)  # noqa: E731
+    loaded = {name: load_set(find_set(name, Path(root)), scale) for name in sets}
+    upscalers = {}
+    for m in models:  # every model is checked before any evaluation starts
+        if m == "bicubic":
+            upscalers[m] = bicubic(scale)
+            continue
+        model = stylize.load_model(m)
+        if model.config["task"] != "sr" or model.scale != scale:
+            raise FastnstError(f"{m}: not an x{scale} super-resolution model")
+        upscalers[m] = model_upscaler(model, histogram_match=histogram_match)
+    results = {}
+    for label, up in upscalers.items():
+        results[label] = {}
+        for name, samples in loaded.items():
+            results[label][name] = evaluate(up, samples, scale=scale, lpips_fn=lpips_fn)
+            if on_result:
+                on_result(label, name, results[label][name])
+    return results
+
+
+def write_sr_results(results: dict, out: str | os.PathLike) -> str:
+    """Writes table.md, results.json and results.csv into `out`; returns the Markdown table."""
+    import json
+
+    out = Path(out)
+    md = table(results)
+    images.atomic_write_bytes(out / "table.md", (md + "\n").encode())
+    images.atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    csv = "method,set,psnr,ssim,lpips\n" + "".join(
+        f"{m},{s},{r['psnr']:.4f},{r['ssim']:.5f},{r.get('lpips', float('nan')):.5f}\n"
+        for m, per in results.items() for s, r in per.items())
+    images.atomic_write_bytes(out / "results.csv", csv.encode())
+    return md
+
+
+def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.PathLike], *,
+         spec: losses.LossSpec, style_size: int, size: int = 256, iters: int = 300,
+         checkpoints: Sequence[int] = (50, 100, 300), limit: int = 0,
+         out: str | os.PathLike = "runs/eval_style", on_photo: Callable | None = None) -> str:
+    """Paper Fig. 5 for one style model on held-out photos; writes table.md, results.json,
+    curves.png and photo | network | L-BFGS figures of the first three photos into `out`."""
+    import json
+
+    from fastnst import plots, train
+
+    files = [f for p in photos for f in images.list_images(p)]
+    files = files[:limit] if limit else files
+    if not files:
+        raise FastnstError("no photos given")
+    squares = {f.stem: center_square(images.load_image(f), size) for f in files}
+    net = stylize.load_model(model)
+    if net.config["task"] != "style":
+        raise FastnstError(f"{model}: not a style model")
+    params = vgg.load_params()
+    grams = train.style_targets(params, images.load_image(style_path), spec.style_layers, style_size)
+    rows = style_vs_lbfgs(net, params, spec, grams, squares, iters=iters, on_photo=on_photo)
+    out = Path(out)
+    for row in rows[:3]:
+        figure = images.side_by_side([squares[row["name"]], row["images"]["network"],
+                                      row["images"]["lbfgs"]], height=size)
+        images.save_image(out / f"{row['name']}.png", figure)
+    md = fig5_table(rows, checkpoints)
+    meta = {"model": str(model), "style": str(style_path), "size": size, "iters": iters,
+            "loss": dataclasses.asdict(spec), "style_size": style_size, "photos": [str(f) for f in files]}
+    records = [{k: v for k, v in r.items() if k != "images"} for r in rows]
+    images.atomic_write_bytes(out / "results.json", json.dumps({**meta, "rows": records}, indent=1).encode())
+    images.atomic_write_bytes(out / "table.md", (md + "\n").encode())
+    plots.fig5_curves(rows, out / "curves.png", title=f"{model}, {len(rows)} photos at {size}²")
+    return md

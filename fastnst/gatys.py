@@ -16,8 +16,10 @@ iteration, and re-evaluating there made each iteration 1.9x slower, for a slight
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +44,12 @@ def objective(spec: losses.LossSpec, vgg_params: Mapping, content_feats: Mapping
     `layer_weights` may hold `content` and/or `style` dicts of per-layer weights (default 1).
     """
     layer_weights = layer_weights or {}
-    layers = tuple(dict.fromkeys(spec.content_layers + spec.style_layers))
+    layers = spec.vgg_layers
 
     def f(image: jax.Array) -> jax.Array:
         pred = image[None]
         feats = vgg.features(vgg_params, pred, layers) if layers else None
-        return losses.total_loss(dict(spec.weights), pred=pred, pred_feats=feats,
+        return losses.total_loss(spec, pred=pred, pred_feats=feats,
                                  content_feats=content_feats, style_grams=style_grams,
                                  content_layer_weights=layer_weights.get("content"),
                                  style_layer_weights=layer_weights.get("style"))[0]
@@ -143,3 +145,15 @@ def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray 
     x, values = run(x0, vgg_params, cf, sg, lw, spec=spec, iters=iters, every=every,
                     callback=callback)
     return Result(np.asarray(x), np.asarray(values))
+
+
+def save_result(result: Result, out: str | os.PathLike) -> Path:
+    """Writes the image to `out`, and OUT_objective.csv / OUT_objective.png (objective per iteration)."""
+    from fastnst import images, plots
+
+    out = images.save_image(out, result.image)
+    rows = [{"iteration": i, "objective": float(v)} for i, v in enumerate(result.objective)]
+    csv = "iteration,objective\n" + "".join(f"{r['iteration']},{r['objective']:.6g}\n" for r in rows)
+    images.atomic_write_bytes(out.with_name(out.stem + "_objective.csv"), csv.encode())
+    plots.loss_curves(rows, out.with_name(out.stem + "_objective.png"), x="iteration")
+    return out

@@ -1,37 +1,89 @@
-"""Perceptual losses of Johnson et al. (2016), §3.2-3.3, as small pure functions.
+"""Perceptual losses of Johnson et al. (2016), §3.2-3.3, as small pure functions, and the registry
+of loss terms that training, the Gatys objective and the benchmarks all sum the same way.
 
 Images are NHWC in [0, 255]; features are dicts of NHWC VGG activations. Every function reduces
-to a scalar that is a mean over the batch. Nothing here knows about modules or configs.
+to a scalar that is a mean over the batch.
+
+Adding a loss term is one function and one config key: decorate a function with keyword-only
+inputs with `@register("name")` and give `config.loss.name` a weight. `total_loss` passes every
+input it has by keyword (`pred`, `target`, `pred_feats`, `content_feats`, `style_grams`, the layer
+weights, and whatever extra inputs the caller adds), so a term declares what it reads and ignores
+the rest with `**_`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 
-TERMS = ("content", "style", "pixel", "tv")
+from fastnst.errors import ConfigError
+
+TermFn = Callable[..., jax.Array]
+REGISTRY: dict[str, TermFn] = {}
+LAYER_KEYS = ("content_layers", "style_layers")
+
+
+def register(name: str) -> Callable[[TermFn], TermFn]:
+    """Registers a loss term under `name` (its config key); the function takes keyword-only inputs."""
+
+    def deco(fn: TermFn) -> TermFn:
+        if name in REGISTRY or name in LAYER_KEYS:
+            raise ValueError(f"loss term {name!r} is already defined")
+        REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def terms() -> tuple[str, ...]:
+    """Names of the registered loss terms, in registration order."""
+    return tuple(REGISTRY)
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """The static (hashable) part of the objective: which terms, weights and layers."""
+    """The static (hashable) objective: a weight per registered term and the VGG layers used."""
 
-    weights: tuple[tuple[str, float], ...]
-    content_layers: tuple[str, ...]
-    style_layers: tuple[str, ...]
+    weights: tuple[tuple[str, float], ...] = ()
+    content_layers: tuple[str, ...] = ()
+    style_layers: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [k for k, _ in self.weights if k not in REGISTRY]
+        if unknown:
+            raise ConfigError(f"unknown loss term(s) {unknown}; known: {', '.join(REGISTRY)}")
 
     @classmethod
     def from_config(cls, loss: Mapping) -> LossSpec:
-        """From a mapping with term weights and `content_layers` / `style_layers`; terms with
-        weight 0 (or absent) and their layers are dropped."""
-        weights = tuple((k, float(loss[k])) for k in TERMS if loss.get(k, 0.0))
+        """From `config.loss`: a weight per term and `content_layers` / `style_layers`.
+
+        Unknown keys fail with the known ones listed. Terms with weight 0 are dropped, and so are
+        the layers of a content or style term that is off.
+        """
+        loss = dict(loss)
+        unknown = sorted(set(loss) - set(REGISTRY) - set(LAYER_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown loss key(s) {unknown}; known: "
+                              f"{', '.join((*REGISTRY, *LAYER_KEYS))}")
+        weights = tuple((k, float(loss[k])) for k in REGISTRY if loss.get(k, 0.0))
         w = dict(weights)
         return cls(weights=weights,
                    content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
                    style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else ())
+
+    def weight(self, term: str) -> float:
+        """The weight of `term` (0 when it is off)."""
+        return dict(self.weights).get(term, 0.0)
+
+    @property
+    def vgg_layers(self) -> tuple[str, ...]:
+        """Every VGG layer the objective reads, content layers first, without repeats."""
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
 
 def feature_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -44,6 +96,7 @@ def gram(feats: jax.Array) -> jax.Array:
 
     One einsum contracting the spatial axes: no reshaped copy of the features is made.
     """
+    chex.assert_rank(feats, 4)
     _, h, w, c = feats.shape
     g = jnp.einsum("nhwc,nhwd->ncd", feats, feats, preferred_element_type=jnp.float32)
     return g / (c * h * w)
@@ -59,8 +112,9 @@ def style_loss(pred_feats: Mapping[str, jax.Array], target_grams: Mapping[str, j
     layer_weights = layer_weights or {name: 1.0 for name in target_grams}
     total = jnp.float32(0.0)
     for name, w in layer_weights.items():
-        diff = gram(pred_feats[name]) - target_grams[name]
-        total = total + w * jnp.mean(jnp.sum(jnp.square(diff), axis=(-2, -1)))
+        g = gram(pred_feats[name])
+        chex.assert_equal(g.shape[-2:], target_grams[name].shape[-2:])
+        total = total + w * jnp.mean(jnp.sum(jnp.square(g - target_grams[name]), axis=(-2, -1)))
     return total
 
 
@@ -83,44 +137,59 @@ def tv_loss(images: jax.Array) -> jax.Array:
     return jnp.mean(dx + dy) / (c * h * w)
 
 
-def total_loss(weights: Mapping[str, float], *, pred: jax.Array,
-               pred_feats: Mapping[str, jax.Array] | None = None,
-               content_feats: Mapping[str, jax.Array] | None = None,
-               style_grams: Mapping[str, jax.Array] | None = None,
-               style_layer_weights: Mapping[str, float] | None = None,
-               content_layer_weights: Mapping[str, float] | None = None,
-               target: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted sum of the losses named in `weights` and each weighted part.
+# --------------------------------------------------------------------------- registered terms
+
+
+@register("content")
+def content_term(*, pred_feats, content_feats, content_layer_weights=None, **_) -> jax.Array:
+    """Feature loss summed over the content layers (per-layer weights default to 1)."""
+    cw = content_layer_weights or {name: 1.0 for name in content_feats}
+    return sum(w * feature_loss(pred_feats[name], content_feats[name]) for name, w in cw.items())
+
+
+@register("style")
+def style_term(*, pred_feats, style_grams, style_layer_weights=None, **_) -> jax.Array:
+    """Gram style loss over the style layers."""
+    return style_loss(pred_feats, style_grams, style_layer_weights)
+
+
+@register("pixel")
+def pixel_term(*, pred, target, **_) -> jax.Array:
+    """Per-pixel MSE against the target images."""
+    return pixel_loss(pred, target)
+
+
+@register("tv")
+def tv_term(*, pred, **_) -> jax.Array:
+    """Total variation of the output."""
+    return tv_loss(pred)
+
+
+def _call_term(name: str, fn: TermFn, inputs: Mapping) -> jax.Array:
+    needed = [p.name for p in inspect.signature(fn).parameters.values()
+              if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    missing = [k for k in needed if inputs.get(k) is None]
+    if missing:
+        raise ValueError(f"loss term {name!r} needs input(s) {missing}")
+    return fn(**{k: v for k, v in inputs.items() if v is not None})
+
+
+def total_loss(weights: LossSpec | Mapping[str, float], **inputs) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted sum of the registered terms with a non-zero weight, and each weighted part.
 
     Args:
-      weights: term -> weight, terms among `content` (feature loss over every layer in
-        `content_feats`), `style`, `pixel`, `tv`. Terms with weight 0 are not computed.
-      pred: generated images [N, H, W, 3] in [0, 255].
-      pred_feats: VGG features of `pred` (needed by `content` and `style`).
-      content_feats: VGG features of the content/target images at the content layer(s).
-      style_grams: target Gram matrices per style layer.
-      style_layer_weights: per-layer style weights (default 1 for every layer in `style_grams`).
-      content_layer_weights: per-layer content weights (default 1 for every layer in
-        `content_feats`). Layer weights may be traced arrays, so one compiled objective serves
-        several layer choices.
-      target: target images for the pixel loss.
+      weights: a LossSpec, or a mapping term -> weight (unknown terms fail).
+      **inputs: what the terms read, by keyword: `pred` (generated images [N, H, W, 3] in
+        [0, 255]), `target` (pixel-loss targets), `pred_feats` (VGG features of `pred`),
+        `content_feats`, `style_grams`, `content_layer_weights` / `style_layer_weights` (per-layer
+        weights, default 1; may be traced arrays, so one compiled objective serves several layer
+        choices), and any input a registered extension term declares.
 
     Returns:
       (total, parts) where parts maps each computed term to its weighted value.
     """
-    unknown = set(weights) - set(TERMS)
-    if unknown:
-        raise ValueError(f"unknown loss term(s) {sorted(unknown)}")
-    parts = {}
-    if weights.get("content", 0.0):
-        cw = content_layer_weights or {name: 1.0 for name in content_feats}
-        parts["content"] = weights["content"] * sum(
-            w * feature_loss(pred_feats[name], content_feats[name]) for name, w in cw.items())
-    if weights.get("style", 0.0):
-        parts["style"] = weights["style"] * style_loss(pred_feats, style_grams, style_layer_weights)
-    if weights.get("pixel", 0.0):
-        parts["pixel"] = weights["pixel"] * pixel_loss(pred, target)
-    if weights.get("tv", 0.0):
-        parts["tv"] = weights["tv"] * tv_loss(pred)
+    spec = weights if isinstance(weights, LossSpec) else LossSpec(
+        weights=tuple((k, float(v)) for k, v in weights.items()))
+    parts = {name: w * _call_term(name, REGISTRY[name], inputs) for name, w in spec.weights if w}
     total = sum(parts.values(), jnp.float32(0.0))
     return total, parts

@@ -1,12 +1,13 @@
 """Image transformation networks of the paper (§3.1 and supplementary material).
 
-One module serves both tasks:
+One module, `TransformNet`, serves both architectures, which are registered by name
+(`config.model.task`) with documented defaults for every option:
 
-* style transfer (`style_net`): reflection-pad 40 px; 32x9x9 s1; 64x3x3 s2; 128x3x3 s2; five
-  residual blocks (two unpadded 3x3 convs, centre-cropped identity, no ReLU after the add);
-  64x3x3 and 32x3x3 convs of stride 1/2; 3x9x9 s1. Output size = input size.
-* super-resolution x f (`sr_net`): 64x9x9; four residual blocks of 64 channels; log2(f) convs of
-  stride 1/2 with 64 channels; 3x9x9. Output size = f x input size.
+* `style` (`style_net`): reflection-pad 40 px; 32x9x9 s1; 64x3x3 s2; 128x3x3 s2; five residual
+  blocks (two unpadded 3x3 convs, centre-cropped identity, no ReLU after the add); 64x3x3 and
+  32x3x3 convs of stride 1/2; 3x9x9 s1. Output size = input size.
+* `sr` (`sr_net`): 64x9x9; four residual blocks of 64 channels; log2(scale) convs of stride 1/2
+  with 64 channels; 3x9x9. Output size = scale x input size.
 
 Normalisation + ReLU follow every conv except the last and the second conv of each residual
 block. Inputs are RGB NHWC in [0, 255]; they are mapped to [-1, 1] on entry.
@@ -15,26 +16,63 @@ Output mapping (documented deviation): `127.5 * (tanh(x) + 1)`, i.e. exactly ont
 paper's code uses `150 * tanh(x)` around the mean pixel and clips when saving; our range needs no
 clipping, so the losses see exactly the image that is saved.
 
-Options (all named in the config): `norm` = batch (paper) | instance (Ulyanov et al.);
-`upsample` = transpose (paper, fractionally strided conv) | resize_conv (nearest x2 then 3x3 conv;
-avoids checkerboard artefacts); `padding` = paper (one big reflection pad, unpadded residual
-convs) | reflect_same (reflection padding at every conv); `width` multiplies every hidden width.
+Options (`config.model`, defaults in `ARCHITECTURES`): `norm` = batch (paper) | instance (Ulyanov
+et al.); `upsample` = transpose (paper, fractionally strided conv) | resize_conv (nearest x2 then
+3x3 conv; avoids checkerboard artefacts); `padding` = paper (one big reflection pad, unpadded
+residual convs) | reflect_same (reflection padding at every conv); `width` multiplies every hidden
+width; `scale` is the SR factor (1 for style). Normalisation and upsampling are injected into the
+module as factories (`NORMS`, `UPSAMPLES`), so a new variant is one function and one dict entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fastnst import layers
+from fastnst.errors import ConfigError
 
-NORMS = ("batch", "instance")
-UPSAMPLES = ("transpose", "resize_conv")
+ModuleDef = Any
+
+
+# --------------------------------------------------------------------------- injected parts
+# Module-level functions, not partials: a net's fields must compare equal across rebuilds so that
+# jitted inference (static net) compiles once per shape.
+
+
+def batch_norm(train: bool, name: str) -> nn.Module:
+    """Batch norm (the paper's): batch statistics in training, running averages otherwise."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+
+
+def instance_norm(train: bool, name: str) -> nn.Module:
+    """Instance norm (Ulyanov et al., 2016): per-image statistics, always."""
+    del train
+    return nn.InstanceNorm(epsilon=1e-5, name=name)
+
+
+def transpose_up(features: int, *, edge_pad: bool, name: str) -> nn.Module:
+    """Stride-1/2 3x3 conv; same output size as torch's ConvTranspose2d(k=3, s=2, p=1, output_padding=1)."""
+    del edge_pad
+    return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", name=name)
+
+
+def resize_conv_up(features: int, *, edge_pad: bool, name: str) -> nn.Module:
+    """Nearest x2 then 3x3 conv (Odena et al., 2016), computed by `NearestUpConv`."""
+    return NearestUpConv(features, edge_pad=edge_pad, name=name)
+
+
+NORMS: dict[str, Callable[[bool, str], nn.Module]] = {"batch": batch_norm, "instance": instance_norm}
+UPSAMPLES: dict[str, Callable[..., nn.Module]] = {"transpose": transpose_up,
+                                                   "resize_conv": resize_conv_up}
 PADDINGS = ("paper", "reflect_same")
 
 
@@ -80,15 +118,48 @@ class NearestUpConv(nn.Module):
         return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, f) + bias
 
 
+def _conv(x: jax.Array, features: int, kernel: int, *, name: str, reflect: bool, stride: int = 1,
+          pad: bool = True) -> jax.Array:
+    """A conv with `kernel // 2` padding (reflected or zero) or none (`pad=False`)."""
+    p = kernel // 2 if pad else 0
+    if reflect and p:
+        x, p = _reflect(x, p), 0
+    return layers.Conv(features, kernel, strides=stride, padding=p, name=name)(x)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with normalisation, ReLU between them, identity added (no ReLU after).
+
+    With `paper_padding` the convs are unpadded (each side shrinks by 2) and the identity is
+    centre-cropped to match; otherwise both convs reflection-pad.
+    """
+
+    channels: int
+    norm: Callable[[bool, str], nn.Module]
+    paper_padding: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        pad, reflect = not self.paper_padding, not self.paper_padding
+        y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad)
+        y = nn.relu(self.norm(train, "norm0")(y))
+        y = self.norm(train, "norm1")(_conv(y, self.channels, 3, name="conv1", reflect=reflect, pad=pad))
+        if self.paper_padding:
+            x = x[:, 2:-2, 2:-2, :]
+        return x + y
+
+
 class TransformNet(nn.Module):
-    """Conv encoder, residual blocks, fractionally strided decoder, scaled tanh.
+    """Conv encoder, residual blocks, up-sampling decoder, scaled tanh.
 
     Attributes:
       stem: channels of the first 9x9 conv.
       down: channels of each stride-2 3x3 conv.
       res_channels / num_res: residual blocks.
-      up: channels of each stride-1/2 3x3 conv.
-      norm, upsample, padding: see the module docstring.
+      up: channels of each x2 up-sampling layer.
+      norm: normalisation factory `(train, name) -> module` (see `NORMS`).
+      upsample: up-sampling factory `(features, edge_pad=, name=) -> module` (see `UPSAMPLES`).
+      padding: 'paper' or 'reflect_same' (see the module docstring).
     """
 
     stem: int = 32
@@ -96,91 +167,132 @@ class TransformNet(nn.Module):
     num_res: int = 5
     res_channels: int = 128
     up: tuple[int, ...] = (64, 32)
-    norm: str = "batch"
-    upsample: str = "transpose"
+    norm: Callable[[bool, str], nn.Module] = batch_norm
+    upsample: Callable[..., nn.Module] = transpose_up
     padding: str = "paper"
-
-    def _norm(self, x, train: bool, name: str):
-        if self.norm == "batch":
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)(x)
-        return nn.InstanceNorm(epsilon=1e-5, name=name)(x)
-
-    def _conv(self, x, features: int, kernel: int, name: str, stride: int = 1, pad: bool = True):
-        p = kernel // 2 if pad else 0
-        if self.padding == "reflect_same" and p:
-            x, p = _reflect(x, p), 0
-        return layers.Conv(features, kernel, strides=stride, padding=p, name=name)(x)
-
-    def _up(self, x, features: int, name: str):
-        if self.upsample == "transpose":
-            # Stride 1/2: same output size as torch's ConvTranspose2d(k=3, s=2, p=1, output_padding=1).
-            return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", name=name)(x)
-        return NearestUpConv(features, edge_pad=self.padding == "reflect_same", name=name)(x)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        if self.norm not in NORMS or self.upsample not in UPSAMPLES or self.padding not in PADDINGS:
-            raise ValueError(f"bad net options norm={self.norm} upsample={self.upsample} "
-                             f"padding={self.padding}")
+        chex.assert_rank(images, 4)
+        chex.assert_axis_dimension(images, 3, 3)
         _, h, w, _ = images.shape
         mult = 2 ** len(self.down)
+        paper = self.padding == "paper"
         x = images / 127.5 - 1.0
         # Sizes not divisible by the total stride: reflect-pad up to a multiple, crop back at the end.
         ph, pw = -h % mult, -w % mult
         x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else x
-        big_pad = 2 * self.num_res * mult if self.padding == "paper" else 0
-        x = _reflect(x, big_pad)
+        x = _reflect(x, 2 * self.num_res * mult if paper else 0)
 
-        x = nn.relu(self._norm(self._conv(x, self.stem, 9, "conv_in"), train, "norm_in"))
+        def conv_norm_relu(x, c, k, name, norm_name, stride=1):
+            x = _conv(x, c, k, name=name, reflect=not paper, stride=stride)
+            return nn.relu(self.norm(train, norm_name)(x))
+
+        x = conv_norm_relu(x, self.stem, 9, "conv_in", "norm_in")
         for i, c in enumerate(self.down):
-            x = nn.relu(self._norm(self._conv(x, c, 3, f"down{i}", stride=2), train, f"norm_down{i}"))
+            x = conv_norm_relu(x, c, 3, f"down{i}", f"norm_down{i}", stride=2)
         for i in range(self.num_res):
-            x = self._residual(x, train, f"res{i}")
+            x = ResidualBlock(self.res_channels, self.norm, paper, name=f"res{i}")(x, train)
         for i, c in enumerate(self.up):
-            x = nn.relu(self._norm(self._up(x, c, f"up{i}"), train, f"norm_up{i}"))
-        x = self._conv(x, 3, 9, "conv_out")
+            x = self.upsample(c, edge_pad=not paper, name=f"up{i}")(x)
+            x = nn.relu(self.norm(train, f"norm_up{i}")(x))
+        x = _conv(x, 3, 9, name="conv_out", reflect=not paper)
 
         factor = 2 ** len(self.up) // mult  # 1 for style transfer, the SR scale for SR
         x = x[:, : h * factor, : w * factor]
         return 127.5 * (jnp.tanh(x) + 1.0)
 
-    def _residual(self, x, train: bool, name: str):
-        c = self.res_channels
-        paper = self.padding == "paper"
-        y = self._conv(x, c, 3, f"{name}_conv0", pad=not paper)
-        y = nn.relu(self._norm(y, train, f"{name}_norm0"))
-        y = self._norm(self._conv(y, c, 3, f"{name}_conv1", pad=not paper), train, f"{name}_norm1")
-        if paper:  # two unpadded 3x3 convs shrink each side by 2: crop the identity to match
-            x = x[:, 2:-2, 2:-2, :]
-        return x + y
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _width(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
 
 
 def style_net(*, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
-              width: float = 1.0) -> TransformNet:
+              width: float = 1.0, scale: int = 1) -> TransformNet:
     """The paper's style-transfer network (width 1.0), or a narrower/wider variant."""
-    c = lambda n: max(1, int(round(n * width)))  # noqa: E731
+    if scale != 1:
+        raise ConfigError(f"model.scale must be 1 for a style network, got {scale}")
+    c = lambda n: _width(n, width)  # noqa: E731
     return TransformNet(stem=c(32), down=(c(64), c(128)), num_res=5, res_channels=c(128),
-                        up=(c(64), c(32)), norm=norm, upsample=upsample, padding=padding)
+                        up=(c(64), c(32)), **_parts(norm, upsample, padding))
 
 
-def sr_net(scale: int, *, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
+def sr_net(scale: int = 4, *, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
            width: float = 1.0) -> TransformNet:
     """The paper's super-resolution network for an upsampling factor of 2, 4 or 8."""
     if scale not in (2, 4, 8):
-        raise ValueError(f"scale must be 2, 4 or 8, got {scale}")
-    c = max(1, int(round(64 * width)))
+        raise ConfigError(f"model.scale must be 2, 4 or 8 for super-resolution, got {scale}")
+    c = _width(64, width)
     return TransformNet(stem=c, down=(), num_res=4, res_channels=c, up=(c,) * int(math.log2(scale)),
-                        norm=norm, upsample=upsample, padding=padding)
+                        **_parts(norm, upsample, padding))
+
+
+def _parts(norm: str, upsample: str, padding: str) -> dict:
+    for key, value, known in (("norm", norm, NORMS), ("upsample", upsample, UPSAMPLES),
+                              ("padding", padding, PADDINGS)):
+        if value not in known:
+            raise ConfigError(f"model.{key} must be one of {', '.join(known)}, got {value!r}")
+    return dict(norm=NORMS[norm], upsample=UPSAMPLES[upsample], padding=padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A named network builder and the default of every option it takes."""
+
+    builder: Callable[..., TransformNet]
+    defaults: Mapping[str, Any]
+
+
+_COMMON = dict(norm="batch", upsample="transpose", padding="paper", width=1.0)
+ARCHITECTURES: dict[str, Architecture] = {
+    "style": Architecture(style_net, {**_COMMON, "scale": 1}),
+    "sr": Architecture(sr_net, {**_COMMON, "scale": 4}),
+}
+
+
+def model_config(model: Mapping) -> dict:
+    """`config.model` validated and completed with the architecture's defaults.
+
+    Raises:
+      ConfigError: unknown `task`, unknown key, or a value of the wrong type or out of range.
+    """
+    model = dict(model)
+    task = model.get("task")
+    if task not in ARCHITECTURES:
+        raise ConfigError(f"model.task must be one of {', '.join(ARCHITECTURES)}, got {task!r}")
+    defaults = ARCHITECTURES[task].defaults
+    unknown = sorted(set(model) - set(defaults) - {"task"})
+    if unknown:
+        raise ConfigError(f"unknown model key(s) {unknown} for task {task!r}; known: "
+                          f"{', '.join(defaults)}")
+    out = {"task": task, **defaults, **model}
+    for key, default in defaults.items():
+        value = out[key]
+        if isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"model.{key} must be a string, got {value!r}")
+        if isinstance(default, int | float) and (isinstance(value, bool) or
+                                                 not isinstance(value, int | float)):
+            raise ConfigError(f"model.{key} must be a number, got {value!r}")
+    if not (math.isfinite(out["width"]) and 0 < out["width"] <= 16):
+        raise ConfigError(f"model.width must be in (0, 16], got {out['width']}")
+    if out["scale"] != int(out["scale"]):
+        raise ConfigError(f"model.scale must be an integer, got {out['scale']}")
+    out["scale"], out["width"] = int(out["scale"]), float(out["width"])
+    build(out)  # option values (norm, upsample, padding, scale) are checked by the builder
+    return out
 
 
 def build(model: Mapping) -> TransformNet:
-    """Builds a network from its config (`task`, `scale`, `norm`, `upsample`, `padding`, `width`)."""
-    opts = {k: model[k] for k in ("norm", "upsample", "padding", "width")}
-    if model["task"] == "style":
-        return style_net(**opts)
-    if model["task"] == "sr":
-        return sr_net(int(model["scale"]), **opts)
-    raise ValueError(f"unknown task {model['task']!r} (style or sr)")
+    """Builds the network named by `model['task']` with its options (defaults filled in)."""
+    task = model.get("task")
+    if task not in ARCHITECTURES:
+        raise ConfigError(f"model.task must be one of {', '.join(ARCHITECTURES)}, got {task!r}")
+    arch = ARCHITECTURES[task]
+    opts = {k: model.get(k, v) for k, v in arch.defaults.items()}
+    return arch.builder(**opts)
 
 
 def init(net: TransformNet, rng: jax.Array, size: int = 64, scale: int = 1) -> dict:

@@ -1,4 +1,8 @@
-"""Figures written by the trainer, the optimiser and the benchmarks (matplotlib, Agg backend)."""
+"""Figures written by the trainer, the optimiser and the benchmarks.
+
+Figures are built with matplotlib's object API (`Figure` + the Agg canvas), never through pyplot,
+so writing a file does not change the process's backend or close a notebook's figures.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +13,26 @@ from pathlib import Path
 from fastnst.images import atomic_write_bytes
 
 
-def _figure():
-    import matplotlib
+def _figure(figsize=(6, 3.5)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
 
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    _figure().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def loss_curves(rows: Sequence[Mapping], path: str | Path, *, x: str = "step") -> Path:
     """Log-scale curves of every loss column in `rows` (dicts with `x` and loss values)."""
-    plt = _figure()
     skip = {x, "images_per_s", "bad_files"}
     keys = [k for k in rows[0] if k not in skip] if rows else []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _figure()
     for k in keys:
         pts = [(r[x], r[k]) for r in rows if k in r and r[k] > 0]
         if pts:
@@ -48,10 +50,9 @@ def fig5_curves(rows: Sequence[Mapping], path: str | Path, *, title: str = "") -
     network's mean objective (a horizontal line)."""
     import numpy as np
 
-    plt = _figure()
     curves = np.asarray([r["lbfgs"] for r in rows])
     it = np.arange(curves.shape[1])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _figure()
     ax.plot(it, curves.mean(0), label=f"projected L-BFGS from noise (mean of {len(rows)})")
     ax.fill_between(it, curves.min(0), curves.max(0), alpha=0.2)
     network = np.mean([r["network"] for r in rows])

@@ -56,11 +56,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
         mutable = ["batch_stats"] if state.batch_stats else False
         out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable)
         pred, updates = out if mutable else (out, {})
-        layers = tuple(dict.fromkeys(spec.content_layers + spec.style_layers))
-        feats = vgg.features(vgg_params, pred, layers) if layers else None
-        total, parts = losses.total_loss(dict(spec.weights), pred=pred, pred_feats=feats,
-                                         content_feats=content, style_grams=style_grams,
-                                         target=batch["target"])
+        feats = vgg.features(vgg_params, pred, spec.vgg_layers) if spec.vgg_layers else None
+        total, parts = losses.total_loss(spec, pred=pred, pred_feats=feats, content_feats=content,
+                                         style_grams=style_grams, target=batch["target"])
         return total, (parts, updates)
 
     (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

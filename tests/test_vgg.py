@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import vgg
+from fastnst import vgg, weights_io
 from fastnst.errors import WeightsError
 
 
@@ -53,7 +53,7 @@ def test_features_match_numpy_reference(vgg_params):
 
 
 def test_converted_weights_equal_pickle_bit_for_bit(weights_cache):
-    raw = vgg.read_array_pickle(vgg.find_lpips_checkpoint(), expected_sha256=vgg.LPIPS_SHA256)
+    raw = weights_io.read_array_pickle(vgg.find_lpips_checkpoint(), expected_sha256=vgg.LPIPS_SHA256)
     flat = vgg.load_flat()
     assert (weights_cache / vgg.CONVERTED_NAME).is_file()
     for k, name in enumerate(vgg.CONV_NAMES):
@@ -96,7 +96,7 @@ def test_malicious_pickle_is_refused_even_with_matching_hash(tmp_path, monkeypat
     evil.write_bytes(pickle.dumps({"VGG16_0": {"Conv_0": {"kernel": _Evil()}}}))
     digest = hashlib.sha256(evil.read_bytes()).hexdigest()
     with pytest.raises(WeightsError, match="refusing to load global"):
-        vgg.read_array_pickle(evil, expected_sha256=digest)
+        weights_io.read_array_pickle(evil, expected_sha256=digest)
     assert not (tmp_path / "EVIL_RAN").exists()
 
 
@@ -104,7 +104,7 @@ def test_non_array_pickle_is_refused(tmp_path):
     f = tmp_path / "x.ckpt"
     f.write_bytes(pickle.dumps({"a": [1, 2]}))
     with pytest.raises(WeightsError):
-        vgg.read_array_pickle(f, expected_sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+        weights_io.read_array_pickle(f, expected_sha256=hashlib.sha256(f.read_bytes()).hexdigest())
 
 
 def test_missing_and_truncated_npz(tmp_path, weights_cache):
