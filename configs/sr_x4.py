@@ -22,6 +22,7 @@ def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigD
         raise ValueError(f"loss must be feature or pixel, got {a['loss']!r}")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.vgg_weights = ""  # "" = the default resolution order (fastnst/vgg.py); else a weights file
     c.model = ml_collections.ConfigDict(dict(
         task="sr", scale=scale, norm="batch", upsample="transpose", padding="paper", width=1.0))
     c.data = ml_collections.ConfigDict(dict(

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, runlocal=False, style="starry_night")
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.vgg_weights = ""  # "" = the default resolution order (fastnst/vgg.py); else a weights file
     c.style_image = f"{STYLES}/{a['style']}.jpg"
     c.style_size = 512  # longer side of the style image when its Grams are computed
 

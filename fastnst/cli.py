@@ -1,18 +1,22 @@
-"""What every bin/ script shares: the repo on sys.path, one-line errors, exit codes."""
+"""What every bin/ script shares: one-line errors, exit codes, argument types, signal handling."""
 
 from __future__ import annotations
 
+import argparse
 import functools
+import signal
 import sys
 
 
 def one_line_errors(main):
-    """Runs `main`; a FastnstError (a user mistake) becomes `error: ...` on stderr and exit 1."""
+    """Runs `main`; a FastnstError (a user mistake) becomes `error: ...` on stderr and exit 1;
+    Ctrl-C or SIGTERM becomes `interrupted` and exit 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         from fastnst.errors import FastnstError
 
+        interrupt_on_sigterm()
         try:
             return main(*args, **kwargs)
         except FastnstError as e:
@@ -21,8 +25,75 @@ def one_line_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except MemoryError:
+            print("error: out of memory; use a smaller --max-size or --memory-budget", file=sys.stderr)
+            return 1
 
     return wrapper
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) from start-up on, so it is never silent."""
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: ...`, exit 2) instead of usage + message."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def unit_interval(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def add_image_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments bin/stylize and bin/upscale share."""
+    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    ap.add_argument("--out", required=True, help="output file (one input) or folder")
+    ap.add_argument("--batch-size", type=positive_int, default=4, help="same-size images run together")
+    ap.add_argument("--memory-budget", type=positive_int, default=None, metavar="MB",
+                    help="working memory for the network; larger images run in tiles "
+                         "(default: half the GPU's memory, or a quarter of RAM up to 1 GiB on the CPU)")
+
+
+def report(results) -> int:
+    """Prints one line per FileResult; returns the exit status (1 if any input failed)."""
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.src} -> {r.dst} ({r.seconds * 1000:.0f} ms)")
+    return 1 if failed else 0
 
 
 def absl_flags_parser(argv):

@@ -31,12 +31,13 @@ def shipped_gallery(photo: str | os.PathLike, workdir: str | os.PathLike, *, max
     return images.save_image(workdir / "side_by_side.png", images.side_by_side(outs, height=320))
 
 
-def small_style_config(style: str, workdir: str | os.PathLike, steps: int | None = None):
-    """`configs/style.py:runlocal` pointed at the photos and style image this machine has."""
+def small_style_config(style: str, photos_dir: str | os.PathLike, steps: int | None = None):
+    """`configs/style.py:runlocal` pointed at the photos and style image this machine has
+    (bundled photos are copied into `photos_dir` when there is no shared training folder)."""
     from configs import style as style_config
 
     cfg = style_config.get_config(f"runlocal,style={style}")
-    folder, holdout = data.training_folder(Path(workdir) / "photos")
+    folder, holdout = data.training_folder(photos_dir)
     cfg.data.folder, cfg.data.holdout = str(folder), holdout
     if not Path(cfg.style_image).is_file():
         cfg.style_image = str(data.style_photo(style))

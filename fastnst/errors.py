@@ -22,3 +22,7 @@ class ConfigError(FastnstError, ValueError):
 
     Also a `ValueError`, so callers that validated arguments with `ValueError` keep working.
     """
+
+
+class OutputError(ImageError, OSError):
+    """An output file or folder cannot be created or written (also an `OSError`)."""

@@ -7,6 +7,7 @@ it with `load_model`, by path or by the name of a model shipped in `fastnst/pret
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -133,11 +134,17 @@ def _from_blob(blob) -> Model:
     return Model(config=config, variables=_checked_variables(config, variables), meta=meta)
 
 
+@functools.lru_cache(maxsize=16)
+def _expected_shapes(config_json: str) -> dict:
+    """Path -> ShapeDtypeStruct of every variable the architecture has (abstract: no compute)."""
+    net = nets.build(json.loads(config_json))
+    expected = jax.eval_shape(lambda: nets.init(net, jax.random.key(0), scale=1))
+    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+
+
 def _checked_variables(config: dict, variables: dict) -> dict:
     """`variables` as float32 arrays, after checking names, shapes, dtypes and finiteness."""
-    net = nets.build(config)
-    expected = jax.eval_shape(lambda: nets.init(net, jax.random.key(0), scale=1))
-    want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    want = _expected_shapes(json.dumps(config, sort_keys=True))
     got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(variables)}
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fastnst.errors import ImageError
+from fastnst.errors import ImageError, OutputError
 
 # 64 megapixels: far above anything the networks are run on, small enough to refuse bombs.
 DEFAULT_MAX_PIXELS = int(os.environ.get("FASTNST_MAX_PIXELS", 64_000_000))
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+SAVE_SUFFIXES = tuple(_SAVE_FORMATS)
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -82,7 +83,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """Fails early (before any long computation) on an output path `save_image` would refuse."""
     path = Path(path)
     if path.suffix.lower() not in _SAVE_FORMATS:
-        raise ImageError(f"{path}: output must end in .png, .jpg or .jpeg")
+        raise ImageError(f"{path}: output must end in {', '.join(SAVE_SUFFIXES)}")
     if path.parent.exists() and not path.parent.is_dir():
         raise ImageError(f"{path.parent}: not a folder")
     return path
@@ -99,8 +100,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, quality: int = 95)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ImageError(f"{path}: expected an HxWx3 image, got shape {image.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    _mkdir(path.parent)
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     _atomic_write(path, lambda f: Image.fromarray(to_uint8(image)).save(f, format=fmt, **kwargs))
     return path
 
@@ -115,12 +116,18 @@ _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's files are 06
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -129,9 +136,29 @@ def _atomic_write(path: Path, write) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Writes bytes to `path` through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(path.parent)
     _atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create folder ({e.strerror})") from None
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Fails early if `folder` cannot be created or written (checked on its nearest existing parent)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ImageError(f"{probe}: exists and is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ImageError(f"{folder}: not writable")
+    return folder
 
 
 def resize(image: np.ndarray, size: tuple[int, int], *, method: str = "bicubic") -> np.ndarray:

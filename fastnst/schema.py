@@ -20,10 +20,9 @@ from fastnst.errors import ConfigError
 # trained.
 HARMLESS_ON_RESUME = frozenset({
     "train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.sample_every",
-    "train.time_limit_s", "train.lr", "data.workers", "data.cache", "precision"})
+    "train.time_limit_s", "train.lr", "data.workers", "data.cache", "vgg_weights"})
 
-TOP_KEYS = {"seed", "style_image", "style_size", "model", "data", "loss", "train", "vgg_weights",
-            "precision"}
+TOP_KEYS = {"seed", "style_image", "style_size", "model", "data", "loss", "train", "vgg_weights"}
 DATA_SOURCES = ("folder", "tfds")
 PRECISIONS = ("float32", "bfloat16")
 
@@ -67,10 +66,9 @@ def validate(config) -> dict:
             raise ConfigError(f"config.{block} is missing")
     _int(c, "seed", 0)
     model = nets.model_config(c["model"])
-    if c.get("precision", "float32") not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {c['precision']!r}")
-
     t = c["train"]
+    if t.get("precision", "float32") not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}")
     for key, lo in (("batch_size", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1), ("keep", 1),
                     ("sample_every", 0)):
         _int(c, f"train.{key}", lo)
@@ -127,9 +125,11 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_differences(recorded: Mapping, current: Mapping) -> tuple[dict, dict]:
-    """(refused, harmless): dotted key -> (recorded value, current value) for every difference."""
+    """(refused, harmless): dotted key -> (recorded value, current value) for every difference.
+
+    Keys the recorded config lacks (written by an older fastnst) count as harmless."""
     a, b = _flatten(recorded), _flatten(current)
     diffs = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-    refused = {k: v for k, v in diffs.items() if k not in HARMLESS_ON_RESUME}
-    harmless = {k: v for k, v in diffs.items() if k in HARMLESS_ON_RESUME}
+    refused = {k: v for k, v in diffs.items() if k not in HARMLESS_ON_RESUME and k in a}
+    harmless = {k: v for k, v in diffs.items() if k not in refused}
     return refused, harmless

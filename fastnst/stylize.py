@@ -1,26 +1,31 @@
 """Inference with exported models: arrays in, arrays out; files in, files out.
 
-Used by `bin/stylize`, `bin/upscale` and the notebook. Same-size images are batched; a new size
-triggers one compilation (XLA specialises on shapes).
+Used by `bin/stylize`, `bin/upscale`, the demo and the notebook. `apply` runs a batch whole when
+it fits the memory budget and tile by tile otherwise (`tiling`), so any image size works. Same-size
+images are batched; a new size triggers one compilation (XLA specialises on shapes). Colour
+preservation and style strength are post-processing of the network's output (`finish`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import images
-from fastnst.errors import FastnstError
+from fastnst import images, tiling
+from fastnst.errors import ConfigError, FastnstError
 from fastnst.export import Model, load_model
 
-__all__ = ["Model", "load_model", "apply", "forward", "run_files", "FileResult", "output_path"]
+__all__ = ["Model", "load_model", "apply", "forward", "finish", "preserve_color", "blend",
+           "run_files", "plan_outputs", "FileResult"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -29,12 +34,77 @@ def forward(net, variables, x):
     return net.apply(variables, x)
 
 
-def apply(model: Model, batch: np.ndarray | jax.Array) -> jax.Array:
-    """Runs the network on NHWC images in [0, 255]; returns NHWC in [0, 255] (x scale for SR)."""
-    batch = jnp.asarray(batch, jnp.float32)
-    if batch.ndim == 3:
-        return forward(model.net, model.variables, batch[None])[0]
-    return forward(model.net, model.variables, batch)
+def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = None) -> jax.Array:
+    """Runs the network on NHWC (or HWC) images in [0, 255]; returns them in [0, 255] (x scale for SR).
+
+    The batch runs whole when it fits `budget` bytes of working memory (default
+    `tiling.default_budget()`), else image by image, and images that do not fit alone run in
+    tiles; all give the same result.
+
+    Raises:
+      ConfigError: the budget is too small for even one tile.
+    """
+    x = jnp.asarray(batch, jnp.float32)
+    single = x.ndim == 3
+    x = x[None] if single else x
+    chex.assert_rank(x, 4)
+    chex.assert_axis_dimension(x, 3, 3)
+    net = model.net
+    budget = budget or tiling.default_budget()
+    n, h, w, _ = x.shape
+    if tiling.fits(net, h, w, budget, batch=n):
+        y = forward(net, model.variables, x)
+    elif tiling.fits(net, h, w, budget):
+        y = jnp.concatenate([forward(net, model.variables, x[i: i + 1]) for i in range(n)])
+    else:
+        tile = tiling.tile_size(net, budget)
+        if tile is None:
+            need = tiling.activation_bytes(net, *(2 * tiling.margin(net) + 32,) * 2) / 2**20
+            raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
+                              f"(needs about {need:.0f} MB); raise the budget or use --max-size")
+        y = jnp.stack([tiling.apply_tiled(net, model.variables, np.asarray(im), tile=tile) for im in x])
+    return y[0] if single else y
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
+                 [0.211456, -0.522591, 0.311135]], np.float64)
+_YIQ_INV = np.linalg.inv(_YIQ)
+
+
+def rgb_to_yiq(image: np.ndarray) -> np.ndarray:
+    """RGB [0, 255] -> YIQ (NTSC), float64."""
+    return np.asarray(image, np.float64) @ _YIQ.T
+
+
+def yiq_to_rgb(yiq: np.ndarray) -> np.ndarray:
+    """YIQ -> RGB, float32 (not clipped: saving clips to [0, 255])."""
+    return (np.asarray(yiq, np.float64) @ _YIQ_INV.T).astype(np.float32)
+
+
+def preserve_color(stylized: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """Luminance-only transfer (Gatys et al. 2016, "Preserving Color in Neural Artistic Style
+    Transfer"): Y from the stylized image, I and Q (chroma) from the photo."""
+    out = rgb_to_yiq(photo)
+    out[..., 0] = rgb_to_yiq(stylized)[..., 0]
+    return yiq_to_rgb(out)
+
+
+def blend(stylized: np.ndarray, photo: np.ndarray, strength: float) -> np.ndarray:
+    """`strength` x stylized + (1 - strength) x photo: a pixel blend, not a retrained style weight."""
+    return (strength * np.asarray(stylized, np.float32)
+            + (1.0 - strength) * np.asarray(photo, np.float32)).astype(np.float32)
+
+
+def finish(stylized: np.ndarray, photo: np.ndarray, *, preserve_colors: bool = False,
+           strength: float = 1.0) -> np.ndarray:
+    """A style network's output post-processed: colours kept from the photo, then blended with it."""
+    if not 0.0 <= strength <= 1.0:
+        raise ConfigError(f"strength must be in [0, 1], got {strength}")
+    out = preserve_color(stylized, photo) if preserve_colors else np.asarray(stylized, np.float32)
+    return blend(out, photo, strength) if strength < 1.0 else out
+
+
+# --------------------------------------------------------------------------- files
 
 
 @dataclass
@@ -45,49 +115,115 @@ class FileResult:
     error: str | None = None
 
 
-def output_path(src: Path, out: Path, many: bool, suffix: str) -> Path:
-    """`out` itself for a single input with an image suffix, else `out/<stem><suffix>.png`."""
-    if not many and out.suffix.lower() in (".png", ".jpg", ".jpeg"):
-        return out
-    return out / f"{src.stem}{suffix}.png"
+def plan_outputs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, suffix: str = "",
+                 ext: str = ".png") -> tuple[list[tuple[Path, Path]], list[FileResult]]:
+    """Decides every output path before any work: (src, dst) pairs and errors for missing inputs.
+
+    One input file and an `out` with an image suffix: `out` itself. Otherwise `out` is a folder:
+    a file input goes to `out/<stem><suffix><ext>`, a folder input's images keep their subfolders
+    (`out/<relative path without suffix><suffix><ext>`).
+
+    Raises:
+      FastnstError: no images at all, two inputs that would write the same output, an output that
+        would overwrite an input, an unsupported output suffix, or an unwritable destination.
+    """
+    out = Path(out)
+    pairs, errors = [], []
+    single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
+    if out.suffix and not out.is_dir():
+        if out.suffix.lower() not in images.SAVE_SUFFIXES:
+            raise FastnstError(f"--out {out}: unsupported image type {out.suffix!r} "
+                               f"(use {', '.join(images.SAVE_SUFFIXES)}, or a folder)")
+        if not single_file:
+            raise FastnstError(f"--out {out} is a file name, but the inputs are several images or a "
+                               "folder: give a folder")
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = images.list_images(p)
+            if not files:
+                errors.append(FileResult(p, None, 0.0, f"{p}: no images in this folder"))
+            pairs += [(f, out / f.relative_to(p).with_name(f.stem + suffix + ext)) for f in files]
+        elif p.is_file():
+            dst = out if single_file and out.suffix and not out.is_dir() else out / f"{p.stem}{suffix}{ext}"
+            pairs.append((p, dst))
+        else:
+            errors.append(FileResult(p, None, 0.0, f"{p}: no such file or folder"))
+    if not pairs:
+        raise FastnstError("no input images" + (f" ({errors[0].error})" if errors else ""))
+    seen: dict[Path, Path] = {}
+    srcs = {src.resolve() for src, _ in pairs}
+    for src, dst in pairs:
+        key = dst.resolve()
+        if key in seen:
+            raise FastnstError(f"{seen[key]} and {src} would both be written to {dst}; "
+                               "stylize them into different --out folders")
+        if key in srcs:
+            raise FastnstError(f"{dst} would overwrite an input; choose another --out")
+        seen[key] = src
+    images.check_writable_folder(pairs[0][1].parent if single_file else out)
+    return pairs, errors
 
 
-def run_files(model: Model, inputs: Sequence[str | Path], out: str | Path, *,
+def _batches(pairs, load: Callable, batch_size: int) -> Iterator:
+    """Yields lists of (src, dst, image) of one size, at most `batch_size`, reading lazily (only the
+    current batch is in memory); unreadable files come as (src, dst, error message)."""
+    group: list = []
+    for src, dst in pairs:
+        try:
+            im = load(src)
+        except FastnstError as e:
+            if group:
+                yield group
+                group = []
+            yield [(src, dst, str(e))]
+            continue
+        if group and (group[0][2].shape != im.shape or len(group) == batch_size):
+            yield group
+            group = []
+        group.append((src, dst, im))
+    if group:
+        yield group
+
+
+def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               max_size: int | None = None, batch_size: int = 4, suffix: str = "",
-              post=None) -> Iterator[FileResult]:
+              post: Callable | None = None, budget: int | None = None,
+              on_plan: Callable[[int], None] | None = None) -> Iterator[FileResult]:
     """Processes image files (folders are expanded) and writes each result atomically.
 
-    A bad input yields a FileResult with `error` set; the others are still processed. Images of
-    the same size after `max_size` are run as one batch; `seconds` is the batch time per image.
-    `post(output, input)` optionally post-processes each output (e.g. histogram matching).
+    Outputs are planned and checked first (`plan_outputs`); images then stream through: consecutive
+    images of the same size (after `max_size`) run as one batch, so memory holds one batch.
+    A bad input yields a FileResult with `error` set; the others are still processed. `seconds` is
+    the batch time per image. `post(output, input)` optionally post-processes each output.
     """
-    files, errors = [], []
-    for item in inputs:
-        try:
-            files += images.list_images(item)
-        except FastnstError as e:
-            errors.append(FileResult(Path(item), None, 0.0, str(e)))
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if max_size is not None and max_size < 1:
+        raise ConfigError(f"max size must be >= 1, got {max_size}")
+    pairs, errors = plan_outputs(inputs, out, suffix=suffix)
+    if on_plan:
+        on_plan(len(pairs))
     yield from errors
-    out = Path(out)
-    many = len(files) > 1 or any(Path(i).is_dir() for i in inputs)
-    groups: dict[tuple, list] = {}
-    for f in files:
-        try:
-            im = images.resize_max_side(images.load_image(f), max_size)
-        except FastnstError as e:
-            yield FileResult(f, None, 0.0, str(e))
+    load = lambda f: _model_input(model, images.resize_max_side(images.load_image(f), max_size), f)  # noqa: E731
+    for group in _batches(pairs, load, batch_size):
+        if isinstance(group[0][2], str):
+            yield FileResult(group[0][0], None, 0.0, group[0][2])
             continue
-        groups.setdefault(im.shape, []).append((f, im))
-    for group in groups.values():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i: i + batch_size]
-            t = time.perf_counter()
-            y = np.asarray(apply(model, np.stack([im for _, im in chunk])))
-            dt = (time.perf_counter() - t) / len(chunk)
-            for (f, im), o in zip(chunk, y, strict=True):
-                dst = output_path(f, out, many, suffix)
-                try:
-                    images.save_image(dst, post(o, im) if post else o)
-                    yield FileResult(f, dst, dt)
-                except (FastnstError, OSError) as e:
-                    yield FileResult(f, None, dt, str(e))
+        t = time.perf_counter()
+        y = np.asarray(apply(model, np.stack([im for _, _, im in group]), budget=budget))
+        dt = (time.perf_counter() - t) / len(group)
+        for (src, dst, im), o in zip(group, y, strict=True):
+            try:
+                images.save_image(dst, post(o, im) if post else o)
+                yield FileResult(src, dst, dt)
+            except FastnstError as e:
+                yield FileResult(src, None, dt, str(e))
+
+
+def _model_input(model: Model, image: np.ndarray, path) -> np.ndarray:
+    min_side = 8 if model.config["task"] == "sr" else 16
+    if min(image.shape[:2]) < min_side:
+        raise images.ImageError(f"{path}: {image.shape[1]}x{image.shape[0]} is too small "
+                                f"(at least {min_side} px per side)")
+    return image

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from fastnst import data, export, images, losses, nets, stylize, vgg
+from fastnst import data, export, images, losses, nets, schema, stylize, vgg, weights_io
 from fastnst.errors import FastnstError
 
 
@@ -99,10 +100,24 @@ def _ckpt_item(state: TrainState) -> dict:
             "opt_state": state.opt_state, "step": state.step}
 
 
+_TRASH = "_pruned"  # old checkpoints are renamed (atomically) into this subfolder, then deleted
+
+
 def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    """Async Orbax manager keeping the newest `keep` steps.
+
+    Pruned steps are first renamed into `checkpoints/_pruned` and deleted from there, so a kill
+    while pruning never leaves a half-deleted step folder among the real ones.
+    """
+    ckpt = (workdir / "checkpoints").absolute()
+    _empty_trash(ckpt)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, todelete_subdir=_TRASH,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+    return ocp.CheckpointManager(ckpt, options=options)
+
+
+def _empty_trash(ckpt: Path) -> None:
+    shutil.rmtree(ckpt / _TRASH, ignore_errors=True)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState:
@@ -113,6 +128,14 @@ def restore_latest(mngr: ocp.CheckpointManager, state: TrainState) -> TrainState
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _ckpt_item(state))
     item = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     return state.replace(**item)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """True when every array in `tree` is finite (parameters, optimizer state, metrics)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -143,6 +166,8 @@ class _StopFlag:
         return self
 
     def _handle(self, *_):
+        if self.set:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
         self.set = True
 
     def __exit__(self, *exc):
@@ -159,16 +184,64 @@ def _write_json(path: Path, obj) -> None:
     images.atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, forget log lines written after the checkpoint we resume from."""
+def _read_metrics(path: Path) -> list[dict]:
+    """The log lines of `metrics.jsonl`; a torn line (a kill mid-write) is skipped."""
+    rows = []
     if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        images.atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
+        for ln in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint we resume from (and torn ones)."""
+    if path.is_file():
+        keep = [r for r in _read_metrics(path) if r["step"] <= step]
+        images.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+def prepare_workdir(workdir: Path, record: dict) -> None:
+    """Creates `workdir` or checks that resuming it is safe, then records the config.
+
+    A workdir that already holds checkpoints or a model remembers the config it was created with
+    (`config.json`). A config that differs in what is trained (architecture, data, loss, VGG
+    weights, batch, crop size, seed) is refused with one line naming the keys; harmless
+    differences (see `schema.HARMLESS_ON_RESUME`) are allowed and appended to
+    `config_changes.jsonl`.
+    """
+    recorded_path = workdir / "config.json"
+    ckpt = workdir / "checkpoints"
+    started = (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+               or (workdir / f"model{export.SUFFIX}").is_file())
+    if started and recorded_path.is_file():
+        try:
+            recorded = json.loads(recorded_path.read_text())
+        except json.JSONDecodeError:
+            raise FastnstError(f"{recorded_path} is damaged; use a new --workdir") from None
+        refused, harmless = schema.resume_differences(recorded, record)
+        if refused:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(refused.items())[:4])
+            more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
+            raise FastnstError(f"{workdir} holds a run with a different config ({shown}{more}); "
+                               "rerun with its config.json values, or give a new --workdir to start fresh")
+        if harmless:
+            line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "changes": {k: {"was": a, "now": b} for k, (a, b) in harmless.items()}}
+            with open(workdir / "config_changes.jsonl", "a") as f:
+                f.write(json.dumps(line, default=str) + "\n")
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(recorded_path, record)
 
 
 def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                        on_step: Callable[[int, _StopFlag], None] | None = None) -> TrainResult:
     """Trains (or resumes) the run described by `config` in `workdir`; exports the final model.
+
+    The whole config is validated first (`schema.validate`), and a workdir created with a
+    different config is refused (`prepare_workdir`), before anything is written.
 
     Args:
       config: an ml_collections config (see configs/style.py).
@@ -179,19 +252,23 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     Returns:
       TrainResult; `model_path` is None when the run was interrupted before the end.
     """
+    cfg = schema.validate(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
-    tc, model_cfg = config.train, config.model.to_dict()
-    spec = losses.LossSpec.from_config(config.loss)
-    scale = int(model_cfg["scale"]) if model_cfg["task"] == "sr" else 1
+    if workdir.exists() and not workdir.is_dir():
+        raise FastnstError(f"{workdir}: exists and is not a folder")
+    tc = config.train
+    model_cfg = nets.model_config(cfg["model"])
+    spec = losses.LossSpec.from_config(cfg["loss"])
+    scale = model_cfg["scale"] if model_cfg["task"] == "sr" else 1
+    style_image = images.load_image(config.style_image) if spec.style_layers else None
+    source = data.open_source(config.data)
+    vgg_path = vgg.resolve_weights(cfg.get("vgg_weights") or None)
+    prepare_workdir(workdir, {**cfg, "model": model_cfg,
+                              "vgg_weights_sha256": weights_io.sha256(vgg_path)})
 
-    vgg_params = vgg.load_params()
-    grams = {}
-    if spec.style_layers:
-        grams = style_targets(vgg_params, images.load_image(config.style_image),
-                              spec.style_layers, config.style_size)
-
+    vgg_params = vgg.load_params(vgg_path)
+    grams = style_targets(vgg_params, style_image, spec.style_layers, config.style_size) \
+        if spec.style_layers else {}
     net = nets.build(model_cfg)
     rng = jax.random.key(config.seed)
     init_rng, rng = jax.random.split(rng)  # rng is reserved for stochastic extensions
@@ -202,7 +279,6 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     start = int(state.step)
     _truncate_metrics(workdir / "metrics.jsonl", start)
 
-    source = data.open_source(config.data)
     batches = data.Batches(source, batch_size=tc.batch_size, image_size=tc.image_size,
                            seed=config.seed, sr_scale=scale if scale > 1 else 0,
                            sr_sigma=config.data.sr_sigma, workers=config.data.workers,
@@ -216,11 +292,20 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
 
     def log(step, metrics):
         nonlocal t_last, n_last
-        host = _check_finite(metrics, step, mngr)
+        host = _check_finite(metrics, state, step, mngr)
         rate = (step - n_last) * tc.batch_size / max(time.perf_counter() - t_last, 1e-9)
         t_last, n_last = time.perf_counter(), step
         _log(workdir, step, host, rate, len(batches.bad), bar)
         result.last_metrics = host
+
+    last_saved = start if start else None
+
+    def save(step, force=False):
+        nonlocal last_saved
+        log(step, metrics)  # raises before saving a non-finite state
+        mngr.save(step, args=ocp.args.StandardSave(_ckpt_item(state)), force=force)
+        last_saved = step
+        _empty_trash(workdir / "checkpoints")
 
     try:
         with _StopFlag() as stop:
@@ -234,16 +319,17 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                 if on_step:
                     on_step(step, stop)
                 result.step = step
-                if itstime(step, tc.log_every, tc.steps) or itstime(step, tc.ckpt_every, tc.steps):
-                    log(step, metrics)
+                if step - 1 == last_saved:
+                    _check_checkpoint_loss(metrics, step, mngr)
                 if itstime(step, tc.ckpt_every, tc.steps):
-                    mngr.save(step, args=ocp.args.StandardSave(_ckpt_item(state)))
+                    save(step)
+                elif itstime(step, tc.log_every, tc.steps):
+                    log(step, metrics)
                 if samples and itstime(step, tc.sample_every, tc.steps):
                     _write_samples(workdir, step, net, variables_of(state), samples)
                 bar.update(1)
             if metrics is not None and mngr.latest_step() != result.step:  # stopped early
-                log(result.step, metrics)
-                mngr.save(result.step, args=ocp.args.StandardSave(_ckpt_item(state)), force=True)
+                save(result.step, force=True)
             # A time limit ends the run normally (exported); a signal leaves it to be resumed.
             result.interrupted = stop.set and result.step < tc.steps
     finally:
@@ -253,6 +339,10 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         batches.close()
     result.bad_files = len(batches.bad)
     if not result.interrupted:
+        if not result.last_metrics:  # nothing ran in this call: the last logged line
+            rows = _read_metrics(workdir / "metrics.jsonl")
+            result.last_metrics = {k: v for k, v in (rows[-1] if rows else {}).items()
+                                   if k not in ("step", "images_per_s", "bad_files")}
         result.model_path = export.save_model(
             workdir / f"model{export.SUFFIX}", model_cfg, variables_of(state),
             meta={"steps": int(state.step), "planned_steps": tc.steps,
@@ -262,14 +352,39 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     return result
 
 
-def _check_finite(metrics, step: int, mngr: ocp.CheckpointManager) -> dict:
+_DIVERGED = "lower train.lr or the loss weights (a resume with the same settings diverges again)"
+
+
+def _check_finite(metrics, state: TrainState, step: int, mngr: ocp.CheckpointManager) -> dict:
+    """Host copy of the metrics; raises if the loss, the parameters or Adam's moments are not
+    finite (an overflowing second moment makes every update zero without a NaN loss)."""
     host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    what = None
     if not all(np.isfinite(v) for v in host.values()):
+        what = f"loss is not finite ({host})"
+    elif not bool(all_finite(state.params)):
+        what = "parameters are not finite"
+    elif not bool(all_finite(state.opt_state)):
+        what = "Adam's moments are not finite (gradients overflow float32)"
+    if what:
         last = mngr.latest_step()
         kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint was saved"
-        raise FastnstError(f"loss is not finite at step {step} ({host}); {kept}. Lower the "
-                           "learning rate or the loss weights and rerun to resume.")
+        raise FastnstError(f"training diverged at step {step}: {what}; {kept}. To resume, {_DIVERGED}.")
     return host
+
+
+def _check_checkpoint_loss(metrics, step: int, mngr: ocp.CheckpointManager) -> None:
+    """The step after a checkpoint evaluates the loss at the checkpointed parameters: if that is not
+    finite, the checkpoint is not good and is removed before failing."""
+    if bool(all_finite(metrics)):
+        return
+    bad = mngr.latest_step()
+    mngr.wait_until_finished()
+    mngr.delete(bad)
+    last = mngr.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept" if last else "no good checkpoint is left"
+    raise FastnstError(f"training diverged at step {step}: the loss at the parameters of step {bad} is "
+                       f"not finite, so that checkpoint was removed; {kept}. To resume, {_DIVERGED}.")
 
 
 def _log(workdir: Path, step: int, metrics: dict, rate: float, bad: int, bar) -> None:

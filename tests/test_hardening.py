@@ -1,0 +1,262 @@
+"""Hardening: every awkward input a user can give ends in one line and a non-zero exit, never a
+traceback, a silent wrong result or lost work. One test per category, parametrised over its cases,
+through the CLIs where the user meets them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+from fastnst import export, images, schema, train
+from fastnst.errors import ConfigError, FastnstError, WeightsError
+from tests.helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _one_line_error(r, code=1):
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == code, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- config values
+
+@pytest.mark.parametrize("key,value,match", [
+    ("train.image_size", 0, "train.image_size"), ("train.batch_size", 0, "train.batch_size"),
+    ("model.norm", "bogus", "model.norm"), ("model.upsample", "bogus", "model.upsample"),
+    ("model.task", "bogus", "model.task"), ("loss.style_layers", ("relu9_9",), "unknown VGG layer"),
+    ("train.steps", -5, "train.steps"), ("train.steps", 0, "train.steps"),
+    ("model.width", 0.0, "model.width"),
+    ("train.lr", -1.0, "train.lr"), ("train.lr", float("inf"), "train.lr"),
+    ("train.time_limit_s", -1.0, "train.time_limit_s"), ("train.keep", 0, "train.keep"),
+    ("loss.tv", -1.0, "loss.tv"), ("data.source", "bogus", "data.source"),
+    ("data.workers", 0, "data.workers"),
+])
+def test_bad_config_values_are_refused_up_front(tmp_path, key, value, match):
+    c = tiny_config(tmp_path).to_dict()
+    block, name = key.split(".")
+    c[block][name] = value
+    with pytest.raises(ConfigError, match=match):
+        schema.validate(c)
+
+
+def test_all_zero_loss_and_unknown_loss_key(tmp_path):
+    c = tiny_config(tmp_path).to_dict()
+    c["loss"].update(content=0.0, style=0.0, tv=0.0, pixel=0.0)
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
+        schema.validate(c)
+    c["loss"]["stabilty"] = 1.0
+    with pytest.raises(ConfigError, match="unknown loss key"):
+        schema.validate(c)
+
+
+def test_bad_config_on_the_cli_writes_nothing(tmp_path):
+    work = tmp_path / "run"
+    r = _run("bin/train", "--config=configs/style.py:runlocal", f"--workdir={work}",
+             "--config.train.steps=-5", "--noprogress")
+    assert "train.steps" in _one_line_error(r)
+    assert not work.exists()
+
+
+# --------------------------------------------------------------------------- resume into a workdir
+
+def test_resume_with_a_different_config_is_refused_and_harmless_changes_recorded(tmp_path, weights_cache):
+    cfg = tiny_config(tmp_path, steps=2)
+    work = tmp_path / "run"
+    train.train_and_evaluate(cfg, work, progress=False)
+    recorded = (work / "config.json").read_text()
+    model_before = (work / "model.msgpack").read_bytes()
+    for key, value in (("model.upsample", "transpose"), ("model.width", 0.25), ("loss.style", 5.0),
+                       ("data.folder", str(tmp_path))):
+        other = tiny_config(tmp_path, steps=2)
+        block, name = key.split(".")
+        setattr(other[block], name, value)
+        with pytest.raises(FastnstError, match=key.replace(".", r"\.")):
+            train.train_and_evaluate(other, work, progress=False)
+        assert (work / "config.json").read_text() == recorded
+        assert (work / "model.msgpack").read_bytes() == model_before
+    longer = tiny_config(tmp_path, steps=3)
+    longer.train.log_every = 1
+    result = train.train_and_evaluate(longer, work, progress=False)
+    assert result.step == 3
+    change = json.loads((work / "config_changes.jsonl").read_text().splitlines()[-1])["changes"]
+    assert change["train.steps"] == {"was": 2, "now": 3} and "train.log_every" in change
+    assert json.loads((work / "config.json").read_text())["train"]["steps"] == 3
+
+
+# --------------------------------------------------------------------------- non-finite training
+
+@pytest.mark.parametrize("override", [{"train.lr": 1e30}, {"loss.tv": 1e32}])
+def test_divergence_is_an_error_and_every_kept_checkpoint_is_finite(tmp_path, weights_cache, override):
+    cfg = tiny_config(tmp_path, steps=6)
+    cfg.train.update(ckpt_every=1, log_every=1, keep=10)
+    for key, value in override.items():
+        block, name = key.split(".")
+        setattr(cfg[block], name, value)
+    with pytest.raises(FastnstError, match="diverged.*lower train.lr or the loss weights"):
+        train.train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model.msgpack").exists()
+    net_state = train.create_train_state(train.nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
+    mngr = train.checkpoint_manager(tmp_path / "run", keep=10)
+    for step in mngr.all_steps():
+        item = mngr.restore(step, args=train.ocp.args.StandardRestore(
+            jax.tree.map(train.ocp.utils.to_shape_dtype_struct, train._ckpt_item(net_state))))
+        assert bool(train.all_finite(item["params"])) and bool(train.all_finite(item["opt_state"]))
+    mngr.close()
+
+
+# --------------------------------------------------------------------------- output paths and inputs
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for rel in ("a/x.png", "b/x.jpg", "b/sub/y.png", "z.gif"):
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 255, (24, 28, 3), dtype=np.uint8)).save(p)
+    (d / "empty").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("args,match,code", [
+    (["{p}/a/x.png", "{p}/b/x.jpg", "--out={o}"], "would both be written", 1),
+    (["{p}/a", "{p}/b", "--out={o}.png"], "is a file name", 1),
+    (["{p}/a/x.png", "--out={o}.txt"], "unsupported image type", 1),
+    (["{p}/a/x.png", "--out={p}/a/x.png"], "would overwrite an input", 1),
+    (["{p}/empty", "--out={o}"], "no input images", 1),
+    (["{p}/missing.png", "--out={o}"], "no input images", 1),
+    (["{p}/a/x.png", "--out={p}/z.gif/out.png"], "not a folder", 1),
+    (["{p}/a/x.png", "--out={o}", "--max-size=-5"], "--max-size", 2),
+    (["{p}/a/x.png", "--out={o}", "--batch-size=0"], "--batch-size", 2),
+    (["{p}/a/x.png", "--out={o}", "--strength=1.5"], "--strength", 2),
+    (["{p}/a/x.png", "--out={o}", "--model=sr_x4_pixel"], "use bin/upscale", 1),
+    (["{p}/a/x.png", "--out={o}", "--model=/nonexistent.msgpack"], "no such model file", 1),
+])
+def test_stylize_refuses_with_one_line_and_writes_nothing(photos, tmp_path, args, match, code):
+    out = tmp_path / "out"
+    args = [a.format(p=photos, o=out) for a in args]
+    if not any(a.startswith("--model") for a in args):
+        args.append("--model=the_scream")
+    line = _one_line_error(_run("bin/stylize", *args), code)
+    assert match in line
+    assert not out.exists() and not Path(f"{out}.png").exists()
+
+
+def test_folders_are_mirrored_and_gif_is_read_inside_folders(photos, tmp_path):
+    out = tmp_path / "out"
+    r = _run("bin/stylize", "--model=the_scream", str(photos), str(photos / "empty"), f"--out={out}",
+             "--preserve-color")
+    assert r.returncode == 1  # the empty folder is reported, everything else is written
+    assert "empty" in r.stderr and r.stderr.count("\n") == 1
+    got = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert got == ["a/x.png", "b/sub/y.png", "b/x.png", "z.png"]
+
+
+def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
+    tiny = images.save_image(tmp_path / "tiny.png", np.full((6, 6, 3), 100.0))
+    cases = [(["--content", str(tiny), "--style-weight=0", "--out", str(tmp_path / "o.png")], "32 px", 1),
+             (["--content", str(tiny), "--iters=0", "--out", str(tmp_path / "o.png")], "--iters", 2),
+             (["--style-weight=0", "--content-weight=0", "--tv-weight=0", "--out", str(tmp_path / "o.png")],
+              "every loss weight is 0", 1)]
+    for args, match, code in cases:
+        assert match in _one_line_error(_run("bin/optimize", *args), code)
+    assert not (tmp_path / "o.png").exists()
+
+
+# --------------------------------------------------------------------------- bad model files
+
+def _blob(path):
+    return serialization.msgpack_restore(Path(path).read_bytes())
+
+
+def _write(tmp_path, blob, name="m.msgpack"):
+    p = tmp_path / name
+    p.write_bytes(serialization.msgpack_serialize(blob))
+    return p
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda b: b.pop("variables"), "variables"),
+    (lambda b: b.update(config=json.dumps({"task": "style", "wdith": 1})), "unknown model key"),
+    (lambda b: b.update(config=json.dumps({"task": "sr", "scale": 4})), "shape|missing"),
+    (lambda b: b.update(config="{not json"), "not a valid"),
+    (lambda b: b.update(format="other-format"), "format"),
+    (lambda b: b["variables"]["params"]["conv_in"].update(kernel="a string"), "float array"),
+    (lambda b: b["variables"]["params"]["conv_in"].update(kernel=np.zeros((3, 3, 3, 32), np.float32)),
+     "shape"),
+    (lambda b: b["variables"]["params"].pop("conv_out"), "missing"),
+    (lambda b: b["variables"]["params"]["conv_in"].update(bias=np.full(32, np.nan, np.float32)),
+     "non-finite"),
+])
+def test_damaged_model_files_give_one_clear_error(tmp_path, mutate, match):
+    blob = _blob(export.resolve("the_scream"))
+    mutate(blob)
+    with pytest.raises(WeightsError, match=match):
+        export.load_model(_write(tmp_path, blob))
+
+
+def test_fuzzed_model_files_never_raise_anything_but_weights_error(tmp_path):
+    data = export.resolve("sr_x4_pixel").read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"refused": 0, "loaded": 0}
+    for i in range(60):
+        b = bytearray(data)
+        if i % 3 == 0:
+            b = b[: int(rng.integers(0, len(b)))]
+        else:
+            for pos in rng.integers(0, min(len(b), 4096) if i % 3 == 1 else len(b), size=4):
+                b[pos] = int(rng.integers(0, 256))
+        p = tmp_path / f"f{i}.msgpack"
+        p.write_bytes(bytes(b))
+        try:
+            m = export.load_model(p)
+            assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(m.variables))
+            outcomes["loaded"] += 1
+        except WeightsError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] >= 20
+
+
+# --------------------------------------------------------------------------- crash leftovers
+
+def test_torn_metrics_line_and_pruning_leftovers_do_not_break_resume(tmp_path, weights_cache):
+    cfg = tiny_config(tmp_path, steps=4)
+    work = tmp_path / "run"
+    first = train.train_and_evaluate(cfg, work, progress=False,
+                                     on_step=lambda s, flag: setattr(flag, "set", s == 2))
+    assert first.interrupted
+    with open(work / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 1.2')  # torn by a kill mid-write
+    (work / "checkpoints" / "_pruned" / "1").mkdir(parents=True)  # a kill while pruning
+    result = train.train_and_evaluate(cfg, work, progress=False)
+    assert result.step == 4 and not (work / "checkpoints" / "_pruned").exists()
+    again = train.train_and_evaluate(cfg, work, progress=False)  # nothing left to run
+    assert export.load_model(again.model_path).meta["final_metrics"]["loss"] > 0
+
+
+def test_sigterm_during_start_up_says_interrupted(tmp_path):
+    p = subprocess.Popen([sys.executable, "bin/train", "--config=configs/style.py:runlocal",
+                          f"--workdir={tmp_path / 'w'}"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(6)  # inside start-up (imports, VGG weights, compilation)
+    p.terminate()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err

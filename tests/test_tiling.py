@@ -1,0 +1,100 @@
+"""Tiled inference equals whole-image inference; the receptive radius is right; colour and strength."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import export, nets, stylize, tiling
+from fastnst.errors import ConfigError
+
+RNG = np.random.default_rng(0)
+
+
+def _model(task="style", norm="batch", **opts):
+    cfg = nets.model_config({"task": task, "norm": norm, "width": 0.25, **opts})
+    net = nets.build(cfg)
+    v = nets.init(net, jax.random.key(1), size=64, scale=net_scale(cfg))
+    if "batch_stats" in v:  # non-trivial running statistics, as after training
+        v["batch_stats"] = jax.tree.map(lambda a: a + jnp.asarray(RNG.uniform(0.1, 0.5, a.shape), a.dtype),
+                                        v["batch_stats"])
+    return export.Model(config=cfg, variables=v, meta={})
+
+
+def net_scale(cfg):
+    return cfg["scale"] if cfg["task"] == "sr" else 1
+
+
+def _photo(h, w):
+    small = RNG.uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.float32)
+    from fastnst import images
+
+    return np.clip(images.resize(small, (h, w), method="bicubic"), 0, 255)
+
+
+@pytest.mark.parametrize("task,norm,size,tile", [
+    ("style", "batch", (75, 61), 20), ("style", "instance", (71, 83), 24),
+    ("sr", "batch", (29, 23), 10), ("sr", "instance", (26, 31), 12)])
+def test_tiled_equals_whole_image(task, norm, size, tile):
+    m = _model(task, norm)
+    x = _photo(*size)
+    whole = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(x[None])))[0]
+    tiled = tiling.apply_tiled(m.net, m.variables, x, tile=tile)
+    assert tiled.shape == whole.shape
+    assert np.abs(tiled - whole).max() <= 0.5 and np.abs(tiled - whole).mean() < 0.01
+
+
+def test_receptive_radius_bounds_the_influence_of_one_pixel():
+    """Independent check of `receptive_radius`: change one input pixel of a batch-norm net and
+    see how far the output changes."""
+    for task, expected in (("style", 57), ("sr", 15)):
+        m = _model(task, "batch", padding="reflect_same" if task == "style" else "paper")
+        net = m.net
+        r = tiling.receptive_radius(net)
+        assert r == expected
+        x = _photo(160, 160) if task == "style" else _photo(48, 48)
+        c = x.shape[0] // 2
+        y0 = np.asarray(stylize.forward(net, m.variables, jnp.asarray(x[None])))[0]
+        x2 = x.copy()
+        x2[c, c] += 60.0
+        y1 = np.asarray(stylize.forward(net, m.variables, jnp.asarray(x2[None])))[0]
+        f = y0.shape[0] // x.shape[0]
+        rows = np.flatnonzero(np.abs(y1 - y0).max(axis=(1, 2)) > 0)
+        reach = max(abs(rows[0] - c * f), abs(rows[-1] - c * f)) / f
+        assert reach <= r + 1, (task, reach, r)
+    assert tiling.receptive_radius(nets.build({"task": "style"})) == 57
+
+
+def test_apply_tiles_when_over_budget_and_refuses_a_budget_too_small():
+    m = _model("style", "batch")
+    x = _photo(90, 70)
+    whole = np.asarray(stylize.apply(m, x))
+    budget = tiling.activation_bytes(m.net, 200, 200)  # room for one window of a 64 px core, not the image
+    assert not tiling.fits(m.net, 90 * 4, 70 * 4, budget)
+    big = np.asarray(jax.image.resize(jnp.asarray(x), (360, 280, 3), "linear"))
+    tiled = np.asarray(stylize.apply(m, big, budget=budget))
+    ref = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(big[None])))[0]
+    assert np.abs(tiled - ref).max() <= 0.5
+    assert whole.shape == x.shape
+    with pytest.raises(ConfigError, match="too small for one tile"):
+        stylize.apply(m, big, budget=1000)
+
+
+def test_preserve_color_keeps_chroma_exactly_and_takes_the_stylized_luminance():
+    photo, stylized = _photo(20, 30), _photo(20, 30)[::-1].copy()
+    out = stylize.preserve_color(stylized, photo)
+    yiq_out, yiq_photo, yiq_sty = (stylize.rgb_to_yiq(a) for a in (out, photo, stylized))
+    np.testing.assert_allclose(yiq_out[..., 1:], yiq_photo[..., 1:], atol=1e-3)
+    np.testing.assert_allclose(yiq_out[..., 0], yiq_sty[..., 0], atol=1e-3)
+    # the NTSC matrix, independently: Y = 0.299 R + 0.587 G + 0.114 B
+    np.testing.assert_allclose(yiq_out[..., 0], stylized @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+
+
+def test_strength_is_a_blend():
+    photo, stylized = _photo(10, 12), _photo(10, 12)[::-1].copy()
+    np.testing.assert_allclose(stylize.finish(stylized, photo, strength=0.0), photo, atol=1e-4)
+    np.testing.assert_allclose(stylize.finish(stylized, photo, strength=1.0), stylized, atol=1e-4)
+    np.testing.assert_allclose(stylize.finish(stylized, photo, strength=0.25),
+                               0.25 * stylized + 0.75 * photo, atol=1e-4)
+    with pytest.raises(ConfigError):
+        stylize.finish(stylized, photo, strength=2.0)
