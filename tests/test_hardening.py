@@ -260,3 +260,21 @@ def test_sigterm_during_start_up_says_interrupted(tmp_path):
     p.terminate()
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_kill_9_at_several_moments_resumes_to_bit_identical_parameters(tmp_path, weights_cache):
+    cfg = tiny_config(tmp_path, steps=8)
+    cfg.train.update(ckpt_every=1, log_every=1, keep=3)
+    straight = train.train_and_evaluate(cfg, tmp_path / "straight", progress=False)
+    work = tmp_path / "killed"
+    for mode, step in (("step", 2), ("save", 3), ("log", 5)):
+        args = [sys.executable, "-m", "tests.kill_driver", str(tmp_path), str(work), mode, str(step)]
+        r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert r.returncode == -9, r.stderr[-2000:]
+    resumed = train.train_and_evaluate(cfg, work, progress=False)
+    a, b = export.load_model(straight.model_path), export.load_model(resumed.model_path)
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.variables),
+                                                     jax.tree.leaves(b.variables), strict=True))
+    steps = [json.loads(ln)["step"] for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
