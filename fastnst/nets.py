@@ -76,6 +76,15 @@ UPSAMPLES: dict[str, Callable[..., nn.Module]] = {"transpose": transpose_up,
 PADDINGS = ("paper", "reflect_same")
 
 
+def _reflect_to_multiple(x: jax.Array, mult: int) -> jax.Array:
+    """Reflection padding at the bottom and right up to a multiple of `mult`, for any (symbolic) size."""
+    def index(n):
+        i = jnp.arange(n + (-n % mult))
+        return jnp.where(i < n, i, 2 * (n - 1) - i)
+
+    return jnp.take(jnp.take(x, index(x.shape[1]), axis=1), index(x.shape[2]), axis=2)
+
+
 def _reflect(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else x
 
@@ -180,8 +189,11 @@ class TransformNet(nn.Module):
         paper = self.padding == "paper"
         x = images / 127.5 - 1.0
         # Sizes not divisible by the total stride: reflect-pad up to a multiple, crop back at the end.
-        ph, pw = -h % mult, -w % mult
-        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else x
+        if isinstance(h, int) and isinstance(w, int):
+            ph, pw = -h % mult, -w % mult
+            x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect") if ph or pw else x
+        else:  # symbolic sizes (`jax.export`): the same reflection as a gather, with no comparisons
+            x = _reflect_to_multiple(x, mult)
         x = _reflect(x, 2 * self.num_res * mult if paper else 0)
 
         def conv_norm_relu(x, c, k, name, norm_name, stride=1):
