@@ -150,7 +150,7 @@ def peer(task: str, peer_path: str, **kwargs) -> dict | None:
 
 
 def run(spec: losses.LossSpec, *, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3,
-        peer_path: str | None = None, train_repeats: int = 5) -> dict:
+        peer_path: str | None = None, train_repeats: int = 5, onnx: bool = False) -> dict:
     """Everything `bin/bench` reports, as one JSON-able dict; `spec` is the style objective
     (bin/bench takes it from configs/style.py)."""
     vgg_params = vgg.load_params()
@@ -165,6 +165,8 @@ def run(spec: losses.LossSpec, *, quick: int = 0, sizes=(256, 512, 1024), repeat
         res["inference"].append({"batch": b, "size": 256, **r, "images_per_s": b / r["median_s"]})
     if peer_path:
         res["peer"] = _peer_comparison(spec, peer_path, vgg_params, repeats)
+    if onnx:
+        res["onnx"] = onnx_vs_fastnst(repeats=repeats)
     res["peak_memory_bytes"] = peak_memory_bytes()
     return res
 
@@ -218,6 +220,11 @@ def markdown(res: dict) -> str:
                 ratio = f"{v['ratio']:.2f}" if v["ratio"] else "n/a"
                 peer_s = f"{v['peer_s'] * 1000:.0f} ms" if v["peer_s"] else "n/a"
                 lines.append(f"| {k} | {v['fastnst_s'] * 1000:.0f} ms | {peer_s} | {ratio} |")
+    if res.get("onnx"):
+        o = res["onnx"]
+        lines += ["", f"ONNX ({o['model']}, {o['size']}², CPU): onnxruntime "
+                  f"{o['onnxruntime_s'] * 1000:.0f} ms, fastnst {o['fastnst_s'] * 1000:.0f} ms, "
+                  f"ratio {o['ratio']:.2f} (onnxruntime / fastnst)."]
     if res.get("peak_memory_bytes"):
         lines += ["", f"Peak device memory: {res['peak_memory_bytes'] / 2**30:.2f} GiB."]
     return "\n".join(lines) + "\n"
@@ -237,3 +244,38 @@ def write(res: dict, folder: str | Path) -> Path:
     atomic_write_bytes(folder / "bench.md", markdown(res).encode())
     atomic_write_bytes(folder / "bench.csv", csv(res).encode())
     return folder
+
+
+def onnx_vs_fastnst(model_name: str = "the_scream", size: int = 512, repeats: int = 5) -> dict:
+    """Inference at size² on the CPU: onnxruntime running the exported ONNX graph vs fastnst
+    (`stylize.forward`), in the same process (ratio = onnxruntime / fastnst: below 1 means
+    onnxruntime is faster)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from fastnst import deploy, export, stylize
+
+    m = export.load_model(model_name)
+    x = np.asarray(_image(size))
+    with tempfile.TemporaryDirectory() as d:
+        path = deploy.to_onnx(m, Path(d) / "m.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        t = time.perf_counter()
+        sess.run(None, {"image": x})
+        ort_first = time.perf_counter() - t
+        ort_r = measure(lambda: sess.run(None, {"image": x}), repeats=repeats, compile_s=ort_first)
+    t = time.perf_counter()
+    jax.block_until_ready(stylize.forward(m.net, m.variables, jnp.asarray(x)))
+    ours = measure(lambda: stylize.forward(m.net, m.variables, jnp.asarray(x)), repeats=repeats,
+                   compile_s=time.perf_counter() - t)
+    return {"model": model_name, "size": size, "onnxruntime_s": ort_r["median_s"],
+            "fastnst_s": ours["median_s"], "ratio": ort_r["median_s"] / ours["median_s"],
+            "threads": os.cpu_count()}
+
+
+def write_json(res: dict, folder: str | Path, name: str) -> Path:
+    """Writes one result document as `folder/name.json`."""
+    from fastnst.images import atomic_write_bytes
+
+    return atomic_write_bytes(Path(folder) / f"{name}.json", json.dumps(res, indent=2).encode())
