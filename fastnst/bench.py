@@ -279,3 +279,53 @@ def write_json(res: dict, folder: str | Path, name: str) -> Path:
     from fastnst.images import atomic_write_bytes
 
     return atomic_write_bytes(Path(folder) / f"{name}.json", json.dumps(res, indent=2).encode())
+
+
+def tiling_case(kind: str, h: int, w: int, *, budget_mb: float | None = None, repeats: int = 1) -> dict:
+    """One tiled-inference measurement (run in its own process for a clean peak RSS): `kind` is
+    `paper_bn` (the paper's network, batch norm, random weights) or a shipped model name."""
+    import resource
+
+    from fastnst import export, stylize, tiling
+
+    if kind == "paper_bn":
+        cfg = nets.model_config({"task": "style"})
+        net = nets.build(cfg)
+        variables = nets.init(net, jax.random.key(0))
+        model = export.Model(config=cfg, variables=variables, meta={})
+    else:
+        model = export.load_model(kind)
+    budget = int(budget_mb * 2**20) if budget_mb else tiling.default_budget()
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (h, w, 3), jnp.float32, 0, 255))
+    tiled = not tiling.fits(model.net, h, w, budget)
+    t = time.perf_counter()
+    np.asarray(stylize.apply(model, x, budget=budget))  # includes compilation
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.asarray(stylize.apply(model, x, budget=budget))
+        runs.append(time.perf_counter() - t)
+    best = min(runs)
+    return {"kind": kind, "h": h, "w": w, "budget_mb": budget / 2**20, "tiled": tiled,
+            "tile": tiling.tile_size(model.net, budget) if tiled else None,
+            "first_call_s": first, "s": best, "us_per_pixel": best / (h * w) * 1e6,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def tiling_table(cases, out: str | Path | None = None) -> list[dict]:
+    """Runs each (kind, h, w, budget_mb, repeats) case in a fresh process; returns the rows."""
+    rows = []
+    for kind, h, w, budget_mb, repeats in cases:
+        code = ("import json, sys; from fastnst import bench; "
+                f"print(json.dumps(bench.tiling_case({kind!r}, {h}, {w}, budget_mb={budget_mb!r}, "
+                f"repeats={repeats})))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
+        if r.returncode:
+            rows.append({"kind": kind, "h": h, "w": w, "error": r.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if out:
+            write_json({"device": device_info(), "rows": rows}, out, "tiling")
+    return rows

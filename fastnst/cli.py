@@ -76,7 +76,8 @@ def unit_interval(text: str) -> float:
 
 def add_image_args(ap: argparse.ArgumentParser) -> None:
     """The arguments bin/stylize and bin/upscale share."""
-    ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    ap.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files (mp4, mov, mkv, webm, avi, animated gif), or folders")
     ap.add_argument("--out", required=True, help="output file (one input) or folder")
     ap.add_argument("--batch-size", type=positive_int, default=4, help="same-size images run together")
     ap.add_argument("--memory-budget", type=positive_int, default=None, metavar="MB",
@@ -92,7 +93,7 @@ def report(results) -> int:
             failed += 1
             print(f"error: {r.error}", file=sys.stderr)
         else:
-            print(f"{r.src} -> {r.dst} ({r.seconds * 1000:.0f} ms)")
+            print(f"{r.src} -> {r.dst} ({r.note or f'{r.seconds * 1000:.0f} ms'})")
     return 1 if failed else 0
 
 

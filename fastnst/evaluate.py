@@ -249,3 +249,84 @@ def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.Pa
     images.atomic_write_bytes(out / "table.md", (md + "\n").encode())
     plots.fig5_curves(rows, out / "curves.png", title=f"{model}, {len(rows)} photos at {size}²")
     return md
+
+
+# --------------------------------------------------------------------------- video stability
+
+
+def video_clips(photos: Sequence[str | os.PathLike], *, kinds=("pan", "zoom", "rotate"), frames: int = 8,
+                size: tuple[int, int] = (180, 320), seed: int = 0) -> dict[str, tuple]:
+    """Synthetic clips with known motion (`temporal.synthetic_clip`) over each photo and motion:
+    {name: (frames, exact backward flows)}."""
+    from fastnst import temporal
+
+    clips = {}
+    for i, p in enumerate(photos):
+        photo = images.load_image(p)
+        scale = max(size[0] * 1.6 / photo.shape[0], size[1] * 1.6 / photo.shape[1])
+        photo = images.resize(photo, (round(photo.shape[0] * scale), round(photo.shape[1] * scale)),
+                              method="lanczos")
+        for j, kind in enumerate(kinds):
+            clips[f"{Path(p).stem}_{kind}"] = temporal.synthetic_clip(
+                np.clip(photo, 0, 255), kind, frames=frames, size=size, seed=seed + 10 * i + j)
+    return clips
+
+
+def video_stability(models: dict[str, stylize.Model], clips: dict, *, vgg_params, spec: losses.LossSpec,
+                    style_grams) -> dict:
+    """Per model (and for the input itself, the floor): warping error with DIS flow and with the
+    exact flow, and the style loss of the outputs (so stability is not bought by losing the style),
+    each the mean over clips. Returns {"rows": {...}, "outputs": {model: {clip: frames}}}."""
+    from fastnst import temporal
+
+    @jax.jit
+    def style_of(frames, params, grams):
+        feats = vgg.features(params, frames, spec.style_layers)
+        return losses.style_loss(feats, grams)
+
+    rows, outputs = {}, {}
+    for name, model in {"input": None, **models}.items():
+        dis, exact, style = [], [], []
+        outputs[name] = {}
+        for clip, (frames, flows) in clips.items():
+            out = frames if model is None else np.asarray(stylize.apply(model, frames))
+            outputs[name][clip] = out
+            dis.append(temporal.warping_error(frames, out))
+            exact.append(temporal.warping_error(frames, out, flows=flows))
+            style.append(float(style_of(jnp.asarray(np.clip(out, 0, 255)), vgg_params, style_grams)))
+        rows[name] = {"warping_error": float(np.mean(dis)), "warping_error_exact_flow": float(np.mean(exact)),
+                      "style_loss": float(np.mean(style)), "clips": len(clips)}
+    return {"rows": rows, "outputs": outputs}
+
+
+def video_table(rows: dict) -> str:
+    """Markdown: warping error (DIS and exact flow) and style loss per model."""
+    lines = ["| output | warping error (DIS flow) | warping error (exact flow) | style loss |",
+             "|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['warping_error']:.5f} | {r['warping_error_exact_flow']:.5f} | "
+                     f"{r['style_loss']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_video_eval(result: dict, out: str | os.PathLike, *, meta: dict) -> str:
+    """Writes table.md, results.json and contact.png (rows: input and each model; 4 frames of the
+    first clip) into `out`; returns the table."""
+    import json
+
+    out = Path(out)
+    md = video_table(result["rows"])
+    images.atomic_write_bytes(out / "table.md", (md + "\n").encode())
+    doc = json.dumps({**meta, "rows": result["rows"]}, indent=1)
+    images.atomic_write_bytes(out / "results.json", doc.encode())
+    first = next(iter(next(iter(result["outputs"].values()))))
+    strips = []
+    for per_clip in result["outputs"].values():
+        frames = per_clip[first]
+        picks = [frames[i] for i in np.linspace(0, len(frames) - 1, 4).round().astype(int)]
+        strips.append(images.side_by_side(picks, height=160))
+    width = max(s.shape[1] for s in strips)
+    sheet = np.concatenate([np.pad(s, ((0, 8), (0, width - s.shape[1]), (0, 0)), constant_values=255)
+                            for s in strips])
+    images.save_image(out / "contact.png", sheet)
+    return md

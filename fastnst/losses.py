@@ -26,13 +26,14 @@ from fastnst.errors import ConfigError
 TermFn = Callable[..., jax.Array]
 REGISTRY: dict[str, TermFn] = {}
 LAYER_KEYS = ("content_layers", "style_layers")
+OPTION_KEYS = ("stability_noise",)  # settings of a term, not weights
 
 
 def register(name: str) -> Callable[[TermFn], TermFn]:
     """Registers a loss term under `name` (its config key); the function takes keyword-only inputs."""
 
     def deco(fn: TermFn) -> TermFn:
-        if name in REGISTRY or name in LAYER_KEYS:
+        if name in REGISTRY or name in LAYER_KEYS or name in OPTION_KEYS:
             raise ValueError(f"loss term {name!r} is already defined")
         REGISTRY[name] = fn
         return fn
@@ -52,6 +53,7 @@ class LossSpec:
     weights: tuple[tuple[str, float], ...] = ()
     content_layers: tuple[str, ...] = ()
     style_layers: tuple[str, ...] = ()
+    stability_noise: float = 8.0  # std of the Gaussian input noise of the stability term, on 0..255
 
     def __post_init__(self):
         unknown = [k for k, _ in self.weights if k not in REGISTRY]
@@ -66,15 +68,16 @@ class LossSpec:
         the layers of a content or style term that is off.
         """
         loss = dict(loss)
-        unknown = sorted(set(loss) - set(REGISTRY) - set(LAYER_KEYS))
+        unknown = sorted(set(loss) - set(REGISTRY) - set(LAYER_KEYS) - set(OPTION_KEYS))
         if unknown:
             raise ConfigError(f"unknown loss key(s) {unknown}; known: "
-                              f"{', '.join((*REGISTRY, *LAYER_KEYS))}")
+                              f"{', '.join((*REGISTRY, *LAYER_KEYS, *OPTION_KEYS))}")
         weights = tuple((k, float(loss[k])) for k in REGISTRY if loss.get(k, 0.0))
         w = dict(weights)
         return cls(weights=weights,
                    content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
-                   style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else ())
+                   style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else (),
+                   stability_noise=float(loss.get("stability_noise", cls.stability_noise)))
 
     def weight(self, term: str) -> float:
         """The weight of `term` (0 when it is off)."""
@@ -163,6 +166,18 @@ def pixel_term(*, pred, target, **_) -> jax.Array:
 def tv_term(*, pred, **_) -> jax.Array:
     """Total variation of the output."""
     return tv_loss(pred)
+
+
+@register("stability")
+def stability_term(*, pred, pred_perturbed, **_) -> jax.Array:
+    """Stability (Gupta et al., ICCV 2017): squared difference between the outputs for an input
+    and for the same input slightly perturbed (`perturb`), / (C H W), batch mean."""
+    return jnp.mean(jnp.square(pred - pred_perturbed))
+
+
+def perturb(images: jax.Array, key: jax.Array, noise: float) -> jax.Array:
+    """The stability term's perturbation: Gaussian noise of std `noise` (on 0..255), clipped."""
+    return jnp.clip(images + noise * jax.random.normal(key, images.shape, images.dtype), 0.0, 255.0)
 
 
 def _call_term(name: str, fn: TermFn, inputs: Mapping) -> jax.Array:

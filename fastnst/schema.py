@@ -97,6 +97,8 @@ def _validate_loss(c: Mapping) -> None:
     for term in losses.terms():
         if term in loss:
             _num(c, f"loss.{term}", 0.0)
+    if "stability_noise" in loss:
+        _num(c, "loss.stability_noise", 0.0, strict=True)
     if not spec.weights:
         raise ConfigError(f"every loss weight is 0; set at least one of {', '.join(losses.terms())}")
     for key in losses.LAYER_KEYS:

@@ -34,7 +34,8 @@ def forward(net, variables, x):
     return net.apply(variables, x)
 
 
-def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = None) -> jax.Array:
+def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = None
+          ) -> jax.Array | np.ndarray:
     """Runs the network on NHWC (or HWC) images in [0, 255]; returns them in [0, 255] (x scale for SR).
 
     The batch runs whole when it fits `budget` bytes of working memory (default
@@ -44,7 +45,7 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     Raises:
       ConfigError: the budget is too small for even one tile.
     """
-    x = jnp.asarray(batch, jnp.float32)
+    x = batch if isinstance(batch, jax.Array) else np.asarray(batch, np.float32)
     single = x.ndim == 3
     x = x[None] if single else x
     chex.assert_rank(x, 4)
@@ -53,16 +54,18 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     budget = budget or tiling.default_budget()
     n, h, w, _ = x.shape
     if tiling.fits(net, h, w, budget, batch=n):
-        y = forward(net, model.variables, x)
+        y = forward(net, model.variables, jnp.asarray(x, jnp.float32))
     elif tiling.fits(net, h, w, budget):
-        y = jnp.concatenate([forward(net, model.variables, x[i: i + 1]) for i in range(n)])
+        y = jnp.concatenate([forward(net, model.variables, jnp.asarray(x[i: i + 1], jnp.float32))
+                             for i in range(n)])
     else:
         tile = tiling.tile_size(net, budget)
         if tile is None:
             need = tiling.activation_bytes(net, *(2 * tiling.margin(net) + 32,) * 2) / 2**20
             raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
                               f"(needs about {need:.0f} MB); raise the budget or use --max-size")
-        y = jnp.stack([tiling.apply_tiled(net, model.variables, np.asarray(im), tile=tile) for im in x])
+        outs = [tiling.apply_tiled(net, model.variables, np.asarray(im), tile=tile) for im in x]
+        y = outs[0][None] if n == 1 else np.stack(outs)  # host arrays: no device copy of a huge image
     return y[0] if single else y
 
 
@@ -113,39 +116,48 @@ class FileResult:
     dst: Path | None
     seconds: float
     error: str | None = None
+    note: str = ""
 
 
 def plan_outputs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, suffix: str = "",
                  ext: str = ".png") -> tuple[list[tuple[Path, Path]], list[FileResult]]:
     """Decides every output path before any work: (src, dst) pairs and errors for missing inputs.
 
-    One input file and an `out` with an image suffix: `out` itself. Otherwise `out` is a folder:
-    a file input goes to `out/<stem><suffix><ext>`, a folder input's images keep their subfolders
-    (`out/<relative path without suffix><suffix><ext>`).
+    One input file and an `out` with an image (or, for a video, video) suffix: `out` itself.
+    Otherwise `out` is a folder: a file input goes to `out/<stem><suffix><ext>`, a folder input's
+    images keep their subfolders (`out/<relative path without suffix><suffix><ext>`). Videos keep
+    their container suffix.
 
     Raises:
       FastnstError: no images at all, two inputs that would write the same output, an output that
         would overwrite an input, an unsupported output suffix, or an unwritable destination.
     """
+    from fastnst import video
+
     out = Path(out)
     pairs, errors = [], []
     single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
+    single_video = single_file and video.is_video(inputs[0])
     if out.suffix and not out.is_dir():
-        if out.suffix.lower() not in images.SAVE_SUFFIXES:
-            raise FastnstError(f"--out {out}: unsupported image type {out.suffix!r} "
-                               f"(use {', '.join(images.SAVE_SUFFIXES)}, or a folder)")
+        allowed = video.VIDEO_SUFFIXES if single_video else images.SAVE_SUFFIXES
+        if out.suffix.lower() not in allowed:
+            kind = "video" if single_video else "image"
+            raise FastnstError(f"--out {out}: unsupported {kind} type {out.suffix!r} "
+                               f"(use {', '.join(allowed)}, or a folder)")
         if not single_file:
             raise FastnstError(f"--out {out} is a file name, but the inputs are several images or a "
                                "folder: give a folder")
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = images.list_images(p)
+            files = sorted(set(images.list_images(p)) | {f for f in p.rglob("*") if f.is_file() and
+                                                         f.suffix.lower() in video.VIDEO_SUFFIXES})
             if not files:
-                errors.append(FileResult(p, None, 0.0, f"{p}: no images in this folder"))
-            pairs += [(f, out / f.relative_to(p).with_name(f.stem + suffix + ext)) for f in files]
+                errors.append(FileResult(p, None, 0.0, f"{p}: no images or videos in this folder"))
+            pairs += [(f, out / f.relative_to(p).with_name(f.stem + suffix + _ext(f, ext))) for f in files]
         elif p.is_file():
-            dst = out if single_file and out.suffix and not out.is_dir() else out / f"{p.stem}{suffix}{ext}"
+            dst = out if single_file and out.suffix and not out.is_dir() else \
+                out / f"{p.stem}{suffix}{_ext(p, ext)}"
             pairs.append((p, dst))
         else:
             errors.append(FileResult(p, None, 0.0, f"{p}: no such file or folder"))
@@ -163,6 +175,12 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         seen[key] = src
     images.check_writable_folder(pairs[0][1].parent if single_file else out)
     return pairs, errors
+
+
+def _ext(src: Path, image_ext: str) -> str:
+    from fastnst import video
+
+    return src.suffix.lower() if video.is_video(src) else image_ext
 
 
 def _batches(pairs, load: Callable, batch_size: int) -> Iterator:
@@ -189,22 +207,30 @@ def _batches(pairs, load: Callable, batch_size: int) -> Iterator:
 def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               max_size: int | None = None, batch_size: int = 4, suffix: str = "",
               post: Callable | None = None, budget: int | None = None,
-              on_plan: Callable[[int], None] | None = None) -> Iterator[FileResult]:
+              on_plan: Callable[[int], None] | None = None, progress: bool = True) -> Iterator[FileResult]:
     """Processes image files (folders are expanded) and writes each result atomically.
 
     Outputs are planned and checked first (`plan_outputs`); images then stream through: consecutive
     images of the same size (after `max_size`) run as one batch, so memory holds one batch.
     A bad input yields a FileResult with `error` set; the others are still processed. `seconds` is
-    the batch time per image. `post(output, input)` optionally post-processes each output.
+    the batch time per image (per frame for videos, which stream through `video.process_video`).
+    `post(output, input)` optionally post-processes each output.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     if max_size is not None and max_size < 1:
         raise ConfigError(f"max size must be >= 1, got {max_size}")
+    from fastnst import video
+
     pairs, errors = plan_outputs(inputs, out, suffix=suffix)
     if on_plan:
         on_plan(len(pairs))
     yield from errors
+    videos = [(s, d) for s, d in pairs if video.is_video(s)]
+    pairs = [(s, d) for s, d in pairs if (s, d) not in videos]
+    for src, dst in videos:
+        yield _run_video(model, src, dst, max_size=max_size, batch_size=batch_size, post=post,
+                         budget=budget, progress=progress)
     load = lambda f: _model_input(model, images.resize_max_side(images.load_image(f), max_size), f)  # noqa: E731
     for group in _batches(pairs, load, batch_size):
         if isinstance(group[0][2], str):
@@ -219,6 +245,25 @@ def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.P
                 yield FileResult(src, dst, dt)
             except FastnstError as e:
                 yield FileResult(src, None, dt, str(e))
+
+
+def _run_video(model: Model, src: Path, dst: Path, *, max_size, batch_size, post, budget,
+               progress) -> FileResult:
+    from fastnst import video
+
+    def fn(frames):
+        for im in frames:
+            _model_input(model, im, src)
+        out = np.asarray(apply(model, frames, budget=budget))
+        return np.stack([post(o, f) for o, f in zip(out, frames, strict=True)]) if post else out
+
+    try:
+        r = video.process_video(src, dst, fn, batch_size=batch_size, max_size=max_size, progress=progress)
+    except FastnstError as e:
+        return FileResult(src, None, 0.0, str(e))
+    note = f"{r.frames} frames, {r.fps:.2f} frames/s, audio {r.audio}" + \
+        (f", {r.skipped} corrupt packet(s) skipped" if r.skipped else "")
+    return FileResult(src, dst, r.seconds / max(r.frames, 1), note=note)
 
 
 def _model_input(model: Model, image: np.ndarray, path) -> np.ndarray:

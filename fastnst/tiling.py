@@ -213,19 +213,29 @@ def _tiles(hp: int, wp: int, core: int, m: int) -> list:
     return out
 
 
-def _exact_stats(net, variables, padded: np.ndarray, tile: int) -> dict:
+def _window(image: np.ndarray, box) -> np.ndarray:
+    """The window `box` of the image padded to a multiple of the stride: rows and columns past the
+    image's end are its reflection, as the network pads (only windows at the border need it)."""
+    y0, y1, x0, x1 = box
+    h, w = image.shape[:2]
+    win = image[y0:min(y1, h), x0:min(x1, w)]
+    if y1 > h or x1 > w:  # the window holds the image's last rows/columns, which the reflection reads
+        win = np.pad(win, ((0, max(0, y1 - h)), (0, max(0, x1 - w)), (0, 0)), mode="reflect")
+    return win
+
+
+def _exact_stats(net, variables, image: np.ndarray, hp: int, wp: int, tile: int) -> dict:
     """Whole-image instance-norm statistics, layer by layer: pass l runs every tile up to norm
     layer l (earlier layers normalised with their exact statistics) and sums its input over each
     tile's owned region; the regions partition the layer's whole activation, padding included."""
-    hp, wp = padded.shape[:2]
     boxes = _tiles(hp, wp, tile, margin(net))
     geometry = _norm_geometry(net, variables)  # in execution order
     owned = [_owned(geometry, c, wb, hp, wp) for c, wb in boxes]
     stats = {}
     for layer in geometry:
         s1 = s2 = n = 0.0
-        for i, (_, (y0, y1, x0, x1)) in enumerate(boxes):
-            a, b, c = jax.device_get(_layer_sums(net, variables, jnp.asarray(padded[None, y0:y1, x0:x1]),
+        for i, (_, box) in enumerate(boxes):
+            a, b, c = jax.device_get(_layer_sums(net, variables, jnp.asarray(_window(image, box)[None]),
                                                  stats, layer, owned[i][layer]))
             s1, s2, n = s1 + a.astype(np.float64), s2 + b.astype(np.float64), n + float(c)
         mean = s1 / n
@@ -252,18 +262,17 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, tile: i
         raise ValueError(f"the tile size must be a multiple of {mult}")
     factor = 2 ** len(net.up) // mult
     h, w = image.shape[:2]
-    # Pad to a multiple of the stride as the network itself would (reflection at the bottom and
-    # right), so that every window has one shape and the network pads nothing more.
-    padded = np.pad(np.asarray(image, np.float32), ((0, -h % mult), (0, -w % mult), (0, 0)), mode="reflect")
+    hp, wp = h + (-h % mult), w + (-w % mult)
+    image = np.asarray(image, np.float32)
     if uses_instance_norm(net):
-        stats = _exact_stats(net, variables, padded, tile)
+        stats = _exact_stats(net, variables, image, hp, wp, tile)
         run = lambda x: _forward_with_stats(net, variables, x, stats)  # noqa: E731
     else:
         run = lambda x: _plain_forward(net, variables, x)  # noqa: E731
-    out = np.empty((padded.shape[0] * factor, padded.shape[1] * factor, 3), np.float32)
-    for (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) in _tiles(*padded.shape[:2], tile, margin(net)):
-        y = np.asarray(run(jnp.asarray(padded[None, wy0:wy1, wx0:wx1]))[0])
-        oy, ox = (y0 - wy0) * factor, (x0 - wx0) * factor
+    out = np.empty((hp * factor, wp * factor, 3), np.float32)
+    for (y0, y1, x0, x1), box in _tiles(hp, wp, tile, margin(net)):
+        y = np.asarray(run(jnp.asarray(_window(image, box)[None]))[0])
+        oy, ox = (y0 - box[0]) * factor, (x0 - box[2]) * factor
         out[y0 * factor: y1 * factor, x0 * factor: x1 * factor] = \
             y[oy: oy + (y1 - y0) * factor, ox: ox + (x1 - x0) * factor]
     return out[: h * factor, : w * factor]

@@ -37,7 +37,8 @@ def variables_of(state: TrainState, params=None) -> dict:
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Mapping,
-               style_grams: Mapping[str, jax.Array], spec: losses.LossSpec) -> tuple[TrainState, dict]:
+               style_grams: Mapping[str, jax.Array], spec: losses.LossSpec,
+               rng: jax.Array | None = None) -> tuple[TrainState, dict]:
     """One Adam step on the transformation net; VGG and the style Grams are frozen inputs.
 
     Args:
@@ -46,6 +47,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
       vgg_params: VGG-16 variables (never differentiated).
       style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
       spec: loss terms, weights and layers.
+      rng: the run's base key, for stochastic terms (the stability term's noise); each step uses
+        `fold_in(rng, step)`, so a resumed run draws the same noise.
 
     Returns:
       (new state, metrics): metrics hold `loss` and each weighted part.
@@ -57,9 +60,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
         mutable = ["batch_stats"] if state.batch_stats else False
         out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable)
         pred, updates = out if mutable else (out, {})
+        extra = {}
+        if spec.weight("stability"):
+            if rng is None:
+                raise ValueError("the stability term needs `rng`")
+            noisy = losses.perturb(batch["input"], jax.random.fold_in(rng, state.step), spec.stability_noise)
+            out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable)
+            extra["pred_perturbed"] = out2[0] if mutable else out2
         feats = vgg.features(vgg_params, pred, spec.vgg_layers) if spec.vgg_layers else None
         total, parts = losses.total_loss(spec, pred=pred, pred_feats=feats, content_feats=content,
-                                         style_grams=style_grams, target=batch["target"])
+                                         style_grams=style_grams, target=batch["target"], **extra)
         return total, (parts, updates)
 
     (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -271,8 +281,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         if spec.style_layers else {}
     net = nets.build(model_cfg)
     rng = jax.random.key(config.seed)
-    init_rng, rng = jax.random.split(rng)  # rng is reserved for stochastic extensions
-    del rng
+    init_rng, rng = jax.random.split(rng)  # rng: the stochastic loss terms' base key
     state = create_train_state(net, init_rng, lr=tc.lr, scale=scale)
     mngr = checkpoint_manager(workdir, tc.keep)
     state = restore_latest(mngr, state)
@@ -315,7 +324,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                 if stop.set or time.monotonic() > deadline:
                     break
                 batch = jax.tree.map(jnp.asarray, next(it))
-                state, metrics = jit_train_step(state, batch, vgg_params, grams, spec)
+                state, metrics = jit_train_step(state, batch, vgg_params, grams, spec, rng)
                 if on_step:
                     on_step(step, stop)
                 result.step = step

@@ -1,0 +1,154 @@
+"""Video: frames, rate, size and audio survive bin/stylize; the warping error is right on known
+motion; bad files give one line; the stability term matches NumPy."""
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import losses, nets, temporal, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clip(path: Path, *, frames=6, h=34, w=46, audio=True, rate=12, vfr=False) -> Path:
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=rate)
+    v.height, v.width, v.pix_fmt = h, w, "yuv420p"
+    v.codec_context.time_base = Fraction(1, 1200)
+    a = out.add_stream("aac", rate=16000) if audio else None
+    rng = np.random.default_rng(0)
+    pts = 0
+    for i in range(frames):
+        f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), format="rgb24")
+        f.pts, f.time_base = pts, Fraction(1, 1200)
+        pts += 100 if not vfr or i % 2 else 50  # variable frame durations
+        for p in v.encode(f):
+            out.mux(p)
+    if a is not None:
+        for i in range(6):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            af.sample_rate, af.pts = 16000, i * 1024
+            for p in a.encode(af):
+                out.mux(p)
+        for p in a.encode():
+            out.mux(p)
+    for p in v.encode():
+        out.mux(p)
+    out.close()
+    return path
+
+
+def _probe(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = [(f.pts, f.to_ndarray(format="rgb24").shape) for f in c.decode(v)]
+        return {"frames": len(frames), "pts": [p for p, _ in frames], "size": frames[0][1],
+                "rate": v.average_rate, "time_base": v.time_base,
+                "audio": [s.codec_context.name for s in c.streams.audio]}
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("vfr", [False, True])
+def test_stylize_keeps_frames_rate_timestamps_size_and_audio(tmp_path, vfr):
+    src = _clip(tmp_path / "in.mp4", vfr=vfr)
+    r = _run("bin/stylize", "--model=the_scream", str(src), f"--out={tmp_path / 'out.mp4'}", "--batch-size=4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _probe(src), _probe(tmp_path / "out.mp4")
+    if vfr:  # the container's average rate is an estimate from durations; every timestamp matches
+        a.pop("rate"), b.pop("rate")
+    assert a == b  # frame count, every timestamp, size, rate, time base, audio
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_animated_gif_in_and_out(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)) for i in range(4)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
+    r = _run("bin/stylize", "--model=the_scream", str(tmp_path / "a.gif"), f"--out={tmp_path / 'o'}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Image.open(tmp_path / "o" / "a.gif") as im:
+        assert im.n_frames == 4 and im.size == (24, 20)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200)), "not a video file"),
+    (lambda p: _audio_only(p), "no video stream"),
+])
+def test_bad_video_files_get_one_line(tmp_path, make, match):
+    src = tmp_path / "bad.mp4"
+    make(src)
+    r = _run("bin/stylize", "--model=the_scream", str(src), f"--out={tmp_path / 'out.mp4'}")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and match in lines[0], r.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def _audio_only(path):
+    out = av.open(str(path), "w")
+    a = out.add_stream("aac", rate=16000)
+    for i in range(4):
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        af.sample_rate, af.pts = 16000, i * 1024
+        for p in a.encode(af):
+            out.mux(p)
+    for p in a.encode():
+        out.mux(p)
+    out.close()
+
+
+def test_warping_error_is_near_zero_on_known_motion_and_checks_against_exact_flow():
+    rng = np.random.default_rng(1)
+    small = rng.uniform(0, 255, (20, 30, 3)).astype(np.float32)
+    from fastnst import images
+
+    photo = np.clip(images.resize(small, (200, 300), method="bicubic"), 0, 255)
+    for kind in ("pan", "zoom", "rotate"):
+        clip, flows = temporal.synthetic_clip(photo, kind, frames=4, size=(96, 128), noise=0,
+                                              jpeg_quality=None)
+        assert temporal.warping_error(clip, clip) < 2e-3  # the input (an identity network) is stable
+        assert temporal.warping_error(clip, clip, flows=flows) < 2e-3
+        est = temporal.flow(clip[1], clip[0])
+        assert np.median(np.linalg.norm(est - flows[0], axis=-1)) < 0.5  # DIS agrees with the motion
+        shuffled = clip[::-1]  # outputs that do not follow the motion
+        assert temporal.warping_error(clip, shuffled) > 10 * temporal.warping_error(clip, clip)
+
+
+def test_stability_term_matches_numpy_on_a_tiny_net():
+    net = nets.style_net(width=0.125, norm="instance")
+    v = nets.init(net, jax.random.key(0), size=32)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+    key = jax.random.key(5)
+    noisy = losses.perturb(x, key, 8.0)
+    ref_noisy = np.clip(np.asarray(x) + 8.0 * np.asarray(jax.random.normal(key, x.shape)), 0, 255)
+    np.testing.assert_allclose(np.asarray(noisy), ref_noisy, atol=1e-4)
+    a, b = np.asarray(net.apply(v, x)), np.asarray(net.apply(v, noisy))
+    got = losses.total_loss({"stability": 3.0}, pred=jnp.asarray(a), pred_perturbed=jnp.asarray(b))[1]
+    np.testing.assert_allclose(float(got["stability"]), 3.0 * np.mean((a - b) ** 2), rtol=1e-5)
+
+
+def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    cfg.loss.stability = 0.01
+    spec = losses.LossSpec.from_config(cfg.loss)
+    state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
+    with pytest.raises(ValueError, match="rng"):
+        train.train_step(state, {"input": x, "target": x}, vgg_params, grams, spec)
+    _, m1 = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec, jax.random.key(1))
+    assert float(m1["stability"]) > 0 and "stability" in m1
