@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         task="style", scale=1, norm="batch", upsample="transpose", padding="paper", width=1.0))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="folder", folder="../shared/data/train", tfds_name="coco/2014", holdout=4,
+        source="folder", folder="../shared/data/train", tfds_name="coco/2014", tfds_data_dir="", holdout=4,
         workers=4, sr_sigma=1.0, cache=False))
 
     c.loss = ml_collections.ConfigDict(dict(
@@ -54,7 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=256, steps=40_000, lr=1e-3,
-        log_every=50, ckpt_every=1000, keep=3, sample_every=2000, time_limit_s=0))
+        log_every=50, ckpt_every=1000, keep=3, sample_every=2000, time_limit_s=0,
+        precision="float32"))  # or "bfloat16": bf16 compute, float32 parameters/optimizer/losses
 
     if a["runlocal"]:
         c.style_size = 256

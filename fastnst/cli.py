@@ -82,7 +82,7 @@ def add_image_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=positive_int, default=4, help="same-size images run together")
     ap.add_argument("--memory-budget", type=positive_int, default=None, metavar="MB",
                     help="working memory for the network; larger images run in tiles "
-                         "(default: half the GPU's memory, or a quarter of RAM up to 1 GiB on the CPU)")
+                         "(default: half the GPU's memory, or a quarter of RAM up to 1.5 GiB on the CPU)")
 
 
 def report(results) -> int:

@@ -51,16 +51,19 @@ class TfdsSource:
     """COCO 2014 (or any TFDS image dataset) through `tfds.data_source` random access.
 
     Needs the `tfds` extra and a prepared dataset in ArrayRecord format (internet on first use).
+    Access is by index, so in a multi-process run each process reads only the examples of its own
+    slice of every batch (`Batches(process_index=...)`).
     """
 
-    def __init__(self, name: str = "coco/2014", split: str = "train", *, holdout: int = 0):
+    def __init__(self, name: str = "coco/2014", split: str = "train", *, holdout: int = 0,
+                 data_dir: str | None = None):
         try:
             import tensorflow_datasets as tfds
         except ImportError:
             raise FastnstError("the COCO source needs tensorflow-datasets: "
                                "pip install 'fastnst[tfds]'") from None
         try:
-            self._ds = tfds.data_source(name, split=split,
+            self._ds = tfds.data_source(name, split=split, data_dir=data_dir or None,
                                         builder_kwargs={"file_format": "array_record"})
         except Exception as e:  # TFDS raises many kinds for missing data or no network
             raise FastnstError(f"cannot open TFDS dataset {name}/{split}: {e}") from None
@@ -89,7 +92,7 @@ def open_source(data) -> FolderSource | TfdsSource:
     if data.source == "folder":
         return FolderSource(data.folder, holdout=data.holdout)
     if data.source == "tfds":
-        return TfdsSource(data.tfds_name, holdout=data.holdout)
+        return TfdsSource(data.tfds_name, holdout=data.holdout, data_dir=data.get("tfds_data_dir") or None)
     raise FastnstError(f"unknown data.source {data.source!r} (folder or tfds)")
 
 
@@ -137,8 +140,14 @@ class Batches:
     """
 
     def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
-                 sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False):
+                 sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False,
+                 process_index: int = 0, process_count: int = 1):
+        if batch_size % process_count:
+            raise FastnstError(f"batch size {batch_size} is not a multiple of the {process_count} processes")
         self.source, self.batch_size, self.size = source, batch_size, image_size
+        # In a multi-process run each process makes only its slice of the global batch.
+        self.local = batch_size // process_count
+        self.offset = process_index * self.local
         self.seed, self.sr_scale, self.sr_sigma = seed, sr_scale, sr_sigma
         self.bad: set[str] = set()
         self._lock = threading.Lock()
@@ -185,8 +194,9 @@ class Batches:
         raise FastnstError(f"{self.source.name}: no readable image")
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        k0 = step * self.batch_size
-        hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.batch_size))))
+        """This process's slice of the global batch of `step` (all of it in a one-process run)."""
+        k0 = step * self.batch_size + self.offset
+        hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.local))))
         if not self.sr_scale:
             return {"input": hr, "target": hr}
         lr = np.stack(list(self._pool.map(lambda im: degrade(im, self.sr_scale, sigma=self.sr_sigma),

@@ -157,3 +157,21 @@ def save_result(result: Result, out: str | os.PathLike) -> Path:
     images.atomic_write_bytes(out.with_name(out.stem + "_objective.csv"), csv.encode())
     plots.loss_curves(rows, out.with_name(out.stem + "_objective.png"), x="iteration")
     return out
+
+
+def luminance_inputs(content: np.ndarray | None, style: np.ndarray | None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Colour preservation for the optimisation (Gatys et al. 2016, "Preserving Color in Neural
+    Artistic Style Transfer", luminance-only transfer): content and style as grey RGB images of
+    their luminance, the style's luminance matched to the content's mean and standard deviation.
+    Recombine the result with the photo's chroma by `stylize.preserve_color(result, content)`."""
+    from fastnst.stylize import rgb_to_yiq
+
+    def grey(y):
+        return np.repeat(np.clip(y, 0, 255)[..., None], 3, -1).astype(np.float32)
+
+    cy = rgb_to_yiq(content)[..., 0] if content is not None else None
+    sy = rgb_to_yiq(style)[..., 0] if style is not None else None
+    if cy is not None and sy is not None:
+        sy = (sy - sy.mean()) / max(sy.std(), 1e-6) * cy.std() + cy.mean()
+    return (grey(cy) if cy is not None else None), (grey(sy) if sy is not None else None)

@@ -91,7 +91,7 @@ class LossSpec:
 
 def feature_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Feature reconstruction loss ||phi_j(y_hat) - phi_j(y)||^2 / (C_j H_j W_j), batch mean."""
-    return jnp.mean(jnp.square(pred - target))
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
 def gram(feats: jax.Array) -> jax.Array:
@@ -123,7 +123,7 @@ def style_loss(pred_feats: Mapping[str, jax.Array], target_grams: Mapping[str, j
 
 def pixel_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     """Pixel loss ||y_hat - y||^2 / (C H W), batch mean."""
-    return jnp.mean(jnp.square(pred - target))
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
 
 
 def tv_loss(images: jax.Array) -> jax.Array:
@@ -135,6 +135,7 @@ def tv_loss(images: jax.Array) -> jax.Array:
     features. Batch mean.
     """
     _, h, w, c = images.shape
+    images = images.astype(jnp.float32)
     dy = jnp.sum(jnp.square(images[:, 1:, :, :] - images[:, :-1, :, :]), axis=(1, 2, 3))
     dx = jnp.sum(jnp.square(images[:, :, 1:, :] - images[:, :, :-1, :]), axis=(1, 2, 3))
     return jnp.mean(dx + dy) / (c * h * w)

@@ -48,26 +48,26 @@ ModuleDef = Any
 # jitted inference (static net) compiles once per shape.
 
 
-def batch_norm(train: bool, name: str) -> nn.Module:
+def batch_norm(train: bool, name: str, dtype=None) -> nn.Module:
     """Batch norm (the paper's): batch statistics in training, running averages otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
 
 
-def instance_norm(train: bool, name: str) -> nn.Module:
+def instance_norm(train: bool, name: str, dtype=None) -> nn.Module:
     """Instance norm (Ulyanov et al., 2016): per-image statistics, always."""
     del train
-    return nn.InstanceNorm(epsilon=1e-5, name=name)
+    return nn.InstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
 
 
-def transpose_up(features: int, *, edge_pad: bool, name: str) -> nn.Module:
+def transpose_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
     """Stride-1/2 3x3 conv; same output size as torch's ConvTranspose2d(k=3, s=2, p=1, output_padding=1)."""
     del edge_pad
-    return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", name=name)
+    return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, name=name)
 
 
-def resize_conv_up(features: int, *, edge_pad: bool, name: str) -> nn.Module:
+def resize_conv_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
     """Nearest x2 then 3x3 conv (Odena et al., 2016), computed by `NearestUpConv`."""
-    return NearestUpConv(features, edge_pad=edge_pad, name=name)
+    return NearestUpConv(features, edge_pad=edge_pad, dtype=dtype or jnp.float32, name=name)
 
 
 NORMS: dict[str, Callable[[bool, str], nn.Module]] = {"batch": batch_norm, "instance": instance_norm}
@@ -110,14 +110,16 @@ class NearestUpConv(nn.Module):
 
     features: int
     edge_pad: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, c = x.shape
         f = self.features
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, f))
-        bias = self.param("bias", nn.initializers.zeros_init(), (f,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (f,)).astype(self.dtype)
         windows = jnp.einsum("pay,qbx,yxio->abipqo", _PHASE, _PHASE, kernel).reshape(2, 2, c, 4 * f)
+        x, windows = x.astype(self.dtype), windows.astype(self.dtype)
         if self.edge_pad:
             y = layers.conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), windows)
         else:
@@ -128,12 +130,12 @@ class NearestUpConv(nn.Module):
 
 
 def _conv(x: jax.Array, features: int, kernel: int, *, name: str, reflect: bool, stride: int = 1,
-          pad: bool = True) -> jax.Array:
+          pad: bool = True, dtype=jnp.float32) -> jax.Array:
     """A conv with `kernel // 2` padding (reflected or zero) or none (`pad=False`)."""
     p = kernel // 2 if pad else 0
     if reflect and p:
         x, p = _reflect(x, p), 0
-    return layers.Conv(features, kernel, strides=stride, padding=p, name=name)(x)
+    return layers.Conv(features, kernel, strides=stride, padding=p, dtype=dtype, name=name)(x)
 
 
 class ResidualBlock(nn.Module):
@@ -144,15 +146,18 @@ class ResidualBlock(nn.Module):
     """
 
     channels: int
-    norm: Callable[[bool, str], nn.Module]
+    norm: Callable[..., nn.Module]
     paper_padding: bool = True
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         pad, reflect = not self.paper_padding, not self.paper_padding
-        y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad)
-        y = nn.relu(self.norm(train, "norm0")(y))
-        y = self.norm(train, "norm1")(_conv(y, self.channels, 3, name="conv1", reflect=reflect, pad=pad))
+        d = self.dtype
+        y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad, dtype=d)
+        y = nn.relu(self.norm(train, "norm0", d)(y))
+        y = self.norm(train, "norm1", d)(_conv(y, self.channels, 3, name="conv1", reflect=reflect, pad=pad,
+                                               dtype=d))
         if self.paper_padding:
             x = x[:, 2:-2, 2:-2, :]
         return x + y
@@ -176,9 +181,10 @@ class TransformNet(nn.Module):
     num_res: int = 5
     res_channels: int = 128
     up: tuple[int, ...] = (64, 32)
-    norm: Callable[[bool, str], nn.Module] = batch_norm
+    norm: Callable[..., nn.Module] = batch_norm
     upsample: Callable[..., nn.Module] = transpose_up
     padding: str = "paper"
+    dtype: Any = jnp.float32  # computation dtype (bfloat16 for mixed precision); parameters stay float32
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -187,7 +193,7 @@ class TransformNet(nn.Module):
         _, h, w, _ = images.shape
         mult = 2 ** len(self.down)
         paper = self.padding == "paper"
-        x = images / 127.5 - 1.0
+        x = (images / 127.5 - 1.0).astype(self.dtype)
         # Sizes not divisible by the total stride: reflect-pad up to a multiple, crop back at the end.
         if isinstance(h, int) and isinstance(w, int):
             ph, pw = -h % mult, -w % mult
@@ -197,18 +203,18 @@ class TransformNet(nn.Module):
         x = _reflect(x, 2 * self.num_res * mult if paper else 0)
 
         def conv_norm_relu(x, c, k, name, norm_name, stride=1):
-            x = _conv(x, c, k, name=name, reflect=not paper, stride=stride)
-            return nn.relu(self.norm(train, norm_name)(x))
+            x = _conv(x, c, k, name=name, reflect=not paper, stride=stride, dtype=self.dtype)
+            return nn.relu(self.norm(train, norm_name, self.dtype)(x))
 
         x = conv_norm_relu(x, self.stem, 9, "conv_in", "norm_in")
         for i, c in enumerate(self.down):
             x = conv_norm_relu(x, c, 3, f"down{i}", f"norm_down{i}", stride=2)
         for i in range(self.num_res):
-            x = ResidualBlock(self.res_channels, self.norm, paper, name=f"res{i}")(x, train)
+            x = ResidualBlock(self.res_channels, self.norm, paper, self.dtype, name=f"res{i}")(x, train)
         for i, c in enumerate(self.up):
-            x = self.upsample(c, edge_pad=not paper, name=f"up{i}")(x)
-            x = nn.relu(self.norm(train, f"norm_up{i}")(x))
-        x = _conv(x, 3, 9, name="conv_out", reflect=not paper)
+            x = self.upsample(c, edge_pad=not paper, name=f"up{i}", dtype=self.dtype)(x)
+            x = nn.relu(self.norm(train, f"norm_up{i}", self.dtype)(x))
+        x = _conv(x, 3, 9, name="conv_out", reflect=not paper, dtype=self.dtype).astype(jnp.float32)
 
         factor = 2 ** len(self.up) // mult  # 1 for style transfer, the SR scale for SR
         x = x[:, : h * factor, : w * factor]
@@ -297,14 +303,16 @@ def model_config(model: Mapping) -> dict:
     return out
 
 
-def build(model: Mapping) -> TransformNet:
-    """Builds the network named by `model['task']` with its options (defaults filled in)."""
+def build(model: Mapping, *, dtype=jnp.float32) -> TransformNet:
+    """Builds the network named by `model['task']` with its options (defaults filled in), computing
+    in `dtype` (parameters are float32 either way)."""
     task = model.get("task")
     if task not in ARCHITECTURES:
         raise ConfigError(f"model.task must be one of {', '.join(ARCHITECTURES)}, got {task!r}")
     arch = ARCHITECTURES[task]
     opts = {k: model.get(k, v) for k, v in arch.defaults.items()}
-    return arch.builder(**opts)
+    net = arch.builder(**opts)
+    return net if dtype == jnp.float32 else net.clone(dtype=dtype)
 
 
 def init(net: TransformNet, rng: jax.Array, size: int = 64, scale: int = 1) -> dict:

@@ -70,7 +70,7 @@ def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
 
 def default_budget() -> int:
     """Working-memory budget in bytes: half the accelerator's memory, or a quarter of the RAM
-    (at most 1 GiB) on the CPU; `$FASTNST_MEMORY_BUDGET_MB` overrides."""
+    (at most 1.5 GiB) on the CPU; `$FASTNST_MEMORY_BUDGET_MB` overrides."""
     if os.environ.get("FASTNST_MEMORY_BUDGET_MB"):
         return int(float(os.environ["FASTNST_MEMORY_BUDGET_MB"]) * 2**20)
     dev = jax.devices()[0]
@@ -81,7 +81,7 @@ def default_budget() -> int:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         ram = 8 * 2**30
-    return int(min(ram / 4, 2**30))
+    return int(min(ram / 4, 1.5 * 2**30))
 
 
 def fits(net: nets.TransformNet, h: int, w: int, budget: int, batch: int = 1) -> bool:
@@ -198,15 +198,21 @@ def _owned(geometry, core, window, hp: int, wp: int) -> dict:
     return out
 
 
-def _tiles(hp: int, wp: int, core: int, m: int) -> list:
-    """(core box, window box) pairs over an image of hp x wp (multiples of the stride): cores
-    partition it; windows share one shape, start on the stride grid, and keep `m` px around their
-    core except at the image's border."""
-    wh, ww = min(core + 2 * m, hp), min(core + 2 * m, wp)
+def _tiles(hp: int, wp: int, core: int, m: int, mult: int = 4) -> list:
+    """(core box, window box) pairs over an image of hp x wp (multiples of `mult`): cores of at most
+    `core` px, balanced so that no thin last row or column of tiles is wasted, partition it; windows
+    share one shape, start on the stride grid, and keep `m` px around their core except at the
+    image's border."""
+    def sizes(n_px):
+        n = -(-n_px // core)
+        return -(-n_px // (n * mult)) * mult
+
+    ch, cw = sizes(hp), sizes(wp)
+    wh, ww = min(ch + 2 * m, hp), min(cw + 2 * m, wp)
     out = []
-    for y0 in range(0, hp, core):
-        for x0 in range(0, wp, core):
-            y1, x1 = min(y0 + core, hp), min(x0 + core, wp)
+    for y0 in range(0, hp, ch):
+        for x0 in range(0, wp, cw):
+            y1, x1 = min(y0 + ch, hp), min(x0 + cw, wp)
             wy0 = min(max(0, y0 - m), hp - wh)
             wx0 = min(max(0, x0 - m), wp - ww)
             out.append(((y0, y1, x0, x1), (wy0, wy0 + wh, wx0, wx0 + ww)))
@@ -228,7 +234,7 @@ def _exact_stats(net, variables, image: np.ndarray, hp: int, wp: int, tile: int)
     """Whole-image instance-norm statistics, layer by layer: pass l runs every tile up to norm
     layer l (earlier layers normalised with their exact statistics) and sums its input over each
     tile's owned region; the regions partition the layer's whole activation, padding included."""
-    boxes = _tiles(hp, wp, tile, margin(net))
+    boxes = _tiles(hp, wp, tile, margin(net), 2 ** len(net.down))
     geometry = _norm_geometry(net, variables)  # in execution order
     owned = [_owned(geometry, c, wb, hp, wp) for c, wb in boxes]
     stats = {}
@@ -270,7 +276,7 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, tile: i
     else:
         run = lambda x: _plain_forward(net, variables, x)  # noqa: E731
     out = np.empty((hp * factor, wp * factor, 3), np.float32)
-    for (y0, y1, x0, x1), box in _tiles(hp, wp, tile, margin(net)):
+    for (y0, y1, x0, x1), box in _tiles(hp, wp, tile, margin(net), mult):
         y = np.asarray(run(jnp.asarray(_window(image, box)[None]))[0])
         oy, ox = (y0 - box[0]) * factor, (x0 - box[2]) * factor
         out[y0 * factor: y1 * factor, x0 * factor: x1 * factor] = \

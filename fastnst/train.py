@@ -23,8 +23,8 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from fastnst import data, export, images, losses, nets, schema, stylize, vgg, weights_io
-from fastnst.errors import FastnstError
+from fastnst import data, export, images, losses, nets, parallel, schema, stylize, vgg, weights_io
+from fastnst.errors import ConfigError, FastnstError
 
 
 class TrainState(train_state.TrainState):
@@ -38,7 +38,7 @@ def variables_of(state: TrainState, params=None) -> dict:
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Mapping,
                style_grams: Mapping[str, jax.Array], spec: losses.LossSpec,
-               rng: jax.Array | None = None) -> tuple[TrainState, dict]:
+               rng: jax.Array | None = None, compute_dtype: str = "float32") -> tuple[TrainState, dict]:
     """One Adam step on the transformation net; VGG and the style Grams are frozen inputs.
 
     Args:
@@ -46,14 +46,17 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
       batch: `input` [N,h,w,3] for the net, `target` [N,H,W,3] for the losses, both in [0, 255].
       vgg_params: VGG-16 variables (never differentiated).
       style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
-      spec: loss terms, weights and layers.
+      spec: loss terms, weights and layers (static).
+      compute_dtype: 'float32' or 'bfloat16' for VGG-16 (the transformation net's dtype is its
+        own); losses, Grams and parameters stay float32 (static).
       rng: the run's base key, for stochastic terms (the stability term's noise); each step uses
         `fold_in(rng, step)`, so a resumed run draws the same noise.
 
     Returns:
       (new state, metrics): metrics hold `loss` and each weighted part.
     """
-    content = vgg.features(vgg_params, batch["target"], spec.content_layers) \
+    dtype = jnp.dtype(compute_dtype)
+    content = vgg.features(vgg_params, batch["target"], spec.content_layers, dtype=dtype) \
         if spec.content_layers else None
 
     def loss_fn(params):
@@ -67,7 +70,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
             noisy = losses.perturb(batch["input"], jax.random.fold_in(rng, state.step), spec.stability_noise)
             out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable)
             extra["pred_perturbed"] = out2[0] if mutable else out2
-        feats = vgg.features(vgg_params, pred, spec.vgg_layers) if spec.vgg_layers else None
+        feats = vgg.features(vgg_params, pred, spec.vgg_layers, dtype=dtype) if spec.vgg_layers else None
         total, parts = losses.total_loss(spec, pred=pred, pred_feats=feats, content_feats=content,
                                          style_grams=style_grams, target=batch["target"], **extra)
         return total, (parts, updates)
@@ -77,7 +80,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
     return state, {"loss": total, **parts}
 
 
-jit_train_step = jax.jit(train_step, static_argnames="spec", donate_argnames="state")
+jit_train_step = jax.jit(train_step, static_argnames=("spec", "compute_dtype"), donate_argnames="state")
 
 
 def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1
@@ -267,14 +270,21 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     if workdir.exists() and not workdir.is_dir():
         raise FastnstError(f"{workdir}: exists and is not a folder")
     tc = config.train
+    if tc.batch_size % jax.device_count():
+        raise ConfigError(f"train.batch_size ({tc.batch_size}) must be a multiple of the "
+                          f"{jax.device_count()} devices of this job")
+    precision = tc.get("precision", "float32")
+    mesh = parallel.make_mesh()
+    writer = parallel.is_writer()
     model_cfg = nets.model_config(cfg["model"])
     spec = losses.LossSpec.from_config(cfg["loss"])
     scale = model_cfg["scale"] if model_cfg["task"] == "sr" else 1
     style_image = images.load_image(config.style_image) if spec.style_layers else None
     source = data.open_source(config.data)
     vgg_path = vgg.resolve_weights(cfg.get("vgg_weights") or None)
-    prepare_workdir(workdir, {**cfg, "model": model_cfg,
-                              "vgg_weights_sha256": weights_io.sha256(vgg_path)})
+    if writer:
+        prepare_workdir(workdir, {**cfg, "model": model_cfg,
+                                  "vgg_weights_sha256": weights_io.sha256(vgg_path)})
 
     vgg_params = vgg.load_params(vgg_path)
     grams = style_targets(vgg_params, style_image, spec.style_layers, config.style_size) \
@@ -282,20 +292,26 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     net = nets.build(model_cfg)
     rng = jax.random.key(config.seed)
     init_rng, rng = jax.random.split(rng)  # rng: the stochastic loss terms' base key
-    state = create_train_state(net, init_rng, lr=tc.lr, scale=scale)
+    state = create_train_state(nets.build(model_cfg, dtype=jnp.dtype(precision)), init_rng, lr=tc.lr,
+                               scale=scale)
+    rep = parallel.replicated(mesh)
+    state, vgg_params, grams, rng = jax.device_put((state, vgg_params, grams, rng), rep)
+    sharded_step = parallel.sharded_train_step(mesh)
     mngr = checkpoint_manager(workdir, tc.keep)
     state = restore_latest(mngr, state)
     start = int(state.step)
-    _truncate_metrics(workdir / "metrics.jsonl", start)
+    if writer:
+        _truncate_metrics(workdir / "metrics.jsonl", start)
 
     batches = data.Batches(source, batch_size=tc.batch_size, image_size=tc.image_size,
                            seed=config.seed, sr_scale=scale if scale > 1 else 0,
                            sr_sigma=config.data.sr_sigma, workers=config.data.workers,
-                           cache=config.data.get("cache", False))
-    samples = _sample_inputs(source, scale)
+                           cache=config.data.get("cache", False), process_index=jax.process_index(),
+                           process_count=jax.process_count())
+    samples = _sample_inputs(source, scale) if writer else []
 
     result = TrainResult(None, start, False, 0, {})
-    bar = _progress(progress, start, tc.steps)
+    bar = _progress(progress and writer, start, tc.steps)
     t_last, n_last = time.perf_counter(), start
     deadline = time.monotonic() + tc.time_limit_s if tc.get("time_limit_s") else float("inf")
 
@@ -304,7 +320,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         host = _check_finite(metrics, state, step, mngr)
         rate = (step - n_last) * tc.batch_size / max(time.perf_counter() - t_last, 1e-9)
         t_last, n_last = time.perf_counter(), step
-        _log(workdir, step, host, rate, len(batches.bad), bar)
+        if writer:
+            _log(workdir, step, host, rate, len(batches.bad), bar)
         result.last_metrics = host
 
     last_saved = start if start else None
@@ -314,7 +331,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         log(step, metrics)  # raises before saving a non-finite state
         mngr.save(step, args=ocp.args.StandardSave(_ckpt_item(state)), force=force)
         last_saved = step
-        _empty_trash(workdir / "checkpoints")
+        if writer:
+            _empty_trash(workdir / "checkpoints")
 
     try:
         with _StopFlag() as stop:
@@ -323,8 +341,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             for step in range(start + 1, tc.steps + 1):
                 if stop.set or time.monotonic() > deadline:
                     break
-                batch = jax.tree.map(jnp.asarray, next(it))
-                state, metrics = jit_train_step(state, batch, vgg_params, grams, spec, rng)
+                batch = parallel.global_batch(next(it), mesh)
+                state, metrics = sharded_step(state, batch, vgg_params, grams, rng, spec, precision)
                 if on_step:
                     on_step(step, stop)
                 result.step = step
@@ -347,7 +365,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         bar.close()
         batches.close()
     result.bad_files = len(batches.bad)
-    if not result.interrupted:
+    if not result.interrupted and writer:
         if not result.last_metrics:  # nothing ran in this call: the last logged line
             rows = _read_metrics(workdir / "metrics.jsonl")
             result.last_metrics = {k: v for k, v in (rows[-1] if rows else {}).items()

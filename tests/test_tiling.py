@@ -100,3 +100,14 @@ def test_strength_is_a_blend():
                                0.25 * stylized + 0.75 * photo, atol=1e-4)
     with pytest.raises(ConfigError):
         stylize.finish(stylized, photo, strength=2.0)
+
+
+def test_optimisation_colour_preservation_inputs_are_matched_luminance():
+    from fastnst import gatys
+
+    photo, art = _photo(24, 30), np.clip(_photo(20, 20) * 0.3 + 150, 0, 255)
+    c, s = gatys.luminance_inputs(photo, art)
+    assert np.allclose(c[..., 0], c[..., 1]) and np.allclose(s[..., 0], s[..., 2])  # grey
+    cy = photo @ np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(c[..., 0], np.clip(cy, 0, 255), atol=1e-3)
+    assert abs(s[..., 0].mean() - cy.mean()) < 1.0 and abs(s[..., 0].std() - cy.std()) < 1.0

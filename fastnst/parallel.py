@@ -1,0 +1,80 @@
+"""Data parallelism with `jax.sharding`, on one host or several.
+
+A 1-D mesh over every device of the job with a `data` axis: batches are sharded along it;
+parameters, optimizer state, VGG weights and style Grams are replicated. The train step is jitted
+with these shardings given explicitly (`sharded_train_step`), so XLA inserts the gradient
+all-reduce, and batch norm statistics are those of the global batch, as on one device.
+
+Several hosts: `initialize()` calls `jax.distributed.initialize()` when the job asks for it
+(`--distributed`, or a cluster environment JAX recognises: SLURM, Open MPI, Kubernetes/TPU pods,
+or `JAX_COORDINATOR_ADDRESS`); each process then builds only its slice of every global batch
+(`data.Batches(process_index=, process_count=)`) and `global_batch` assembles the global array.
+Only process 0 writes metrics, samples, config and the exported model; Orbax checkpoints are
+written by all processes together.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+_CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+
+
+def initialize(force: bool = False) -> bool:
+    """`jax.distributed.initialize()` when forced or a cluster environment is present (once)."""
+    if jax.distributed.is_initialized():
+        return True
+    if force or any(os.environ.get(k) for k in _CLUSTER_ENV):
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over every device of the job, axis `data` (automatic sharding propagation inside
+    the step: the model code needs no sharding annotations)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    """Split along the leading (batch) axis over the `data` axis."""
+    return NamedSharding(mesh, P("data"))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """The global batch from this process's slice (the whole batch in a one-process run)."""
+    sharding = data_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def is_writer() -> bool:
+    """Whether this process writes files (process 0)."""
+    return jax.process_index() == 0
+
+
+def _step(state, batch, vgg_params, style_grams, rng, spec, compute_dtype):
+    from fastnst import train
+
+    return train.train_step(state, batch, vgg_params, style_grams, spec, rng, compute_dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def sharded_train_step(mesh: Mesh):
+    """`train.train_step` jitted with explicit shardings on `mesh` (state donated); call it as
+    `step(state, batch, vgg_params, style_grams, rng, spec, compute_dtype)`, all positional (the
+    last two static)."""
+    rep, data = replicated(mesh), data_sharded(mesh)
+    return jax.jit(_step, static_argnums=(5, 6), donate_argnums=0,
+                   in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))

@@ -1,0 +1,136 @@
+"""Data parallelism over several devices equals one device; bf16 compute; per-process data slices;
+COCO through TFDS (skipped without the `tfds` extra)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fastnst import data, losses, nets, train
+from tests.helpers import tiny_config, write_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_TWO_DEVICES = textwrap.dedent("""
+    import sys
+    import chex
+    chex.set_n_cpu_devices(2)  # before JAX starts: two CPU devices
+    import jax, numpy as np
+    jax.config.update("jax_disable_most_optimizations", True)  # tiny graphs: compile time dominates
+    from pathlib import Path
+    from jax.sharding import Mesh
+    from fastnst import losses, nets, parallel, train, vgg
+    from fastnst.errors import ConfigError
+    from tests.helpers import tiny_config
+
+    assert jax.device_count() == 2
+    cfg = tiny_config(Path(sys.argv[1]))
+    cfg.model.norm = "batch"  # batch statistics must be those of the global batch
+    spec = losses.LossSpec.from_config(cfg.loss)
+    params = vgg.random_params()
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32) for _ in range(3)]
+    grams = train.style_targets(params, batches[0][0], spec.style_layers, 32)
+    results, losses_ = [], []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
+        step = parallel.sharded_train_step(mesh)
+        rep = parallel.replicated(mesh)
+        state, p, g, key = jax.device_put((state, params, grams, jax.random.key(1)), rep)
+        for x in batches:
+            batch = parallel.global_batch({"input": x, "target": x}, mesh)
+            if len(devices) == 2:
+                assert len(batch["input"].addressable_shards) == 2
+                assert batch["input"].addressable_shards[0].data.shape == (2, 32, 32, 3)
+            state, m = step(state, batch, p, g, key, spec, "float32")
+            losses_.append(float(m["loss"]))
+        results.append(jax.device_get(state.params))
+    # Same losses at every step (batch norm over the global batch, gradients all-reduced) ...
+    np.testing.assert_allclose(losses_[:3], losses_[3:], rtol=1e-4)
+    # ... and the same weights. Biases right before a batch norm have a zero true gradient, so Adam
+    # turns float rounding into +-lr steps there; they do not change the output and are skipped.
+    flat = [jax.tree_util.tree_leaves_with_path(r) for r in results]
+    for (path, x), (_, y) in zip(*flat):
+        if "kernel" in jax.tree_util.keystr(path) or "scale" in jax.tree_util.keystr(path):
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+    cfg.train.batch_size = 3
+    try:
+        train.train_and_evaluate(cfg, Path(sys.argv[1]) / "run", progress=False)
+        raise SystemExit("no error for a batch size that does not divide")
+    except ConfigError as e:
+        assert "multiple of the 2 devices" in str(e), e
+    print("ok")
+""")
+
+
+def test_two_devices_match_one(tmp_path, weights_cache):
+    r = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_path):
+    cfg = tiny_config(tmp_path)
+    spec = losses.LossSpec.from_config(cfg.loss)
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        net = nets.build(cfg.model.to_dict(), dtype=jnp.dtype(dtype))
+        state = train.create_train_state(net, jax.random.key(0), lr=1e-3)
+        state, m = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec,
+                                        None, dtype)
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+        assert all(np.asarray(v).dtype == np.float32 and np.isfinite(float(v)) for v in m.values())
+        out[dtype] = {k: float(v) for k, v in m.items()}
+    for k in out["float32"]:
+        assert out["bfloat16"][k] == pytest.approx(out["float32"][k], rel=0.05, abs=1e-3), k
+
+
+def test_process_slices_make_up_the_global_batch(tmp_path):
+    src = data.FolderSource(write_photos(tmp_path / "p", 6))
+    whole = data.Batches(src, batch_size=4, image_size=32, seed=3, workers=1)
+    parts = [data.Batches(src, batch_size=4, image_size=32, seed=3, workers=1, process_index=i,
+                          process_count=2) for i in range(2)]
+    for step in (0, 5):
+        joined = np.concatenate([p.batch(step)["input"] for p in parts])
+        np.testing.assert_array_equal(joined, whole.batch(step)["input"])
+    for b in (whole, *parts):
+        b.close()
+
+
+def test_coco_through_tfds_on_a_tiny_dataset_in_tfds_format(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets", reason="needs the `tfds` extra "
+                               "(pip install -e '.[tfds]'); see the README for CI")
+    import tensorflow as tf
+
+    class TinyCoco(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(None, None, 3))}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            rng = np.random.default_rng(0)
+            for i in range(6):
+                yield i, {"image": rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)}
+
+    builder = TinyCoco(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    del tf
+    src = data.TfdsSource("tiny_coco", "train", holdout=1, data_dir=str(tmp_path))
+    assert len(src) == 5
+    b = data.Batches(src, batch_size=2, image_size=32, seed=0, workers=1)
+    assert b.batch(0)["input"].shape == (2, 32, 32, 3)
+    b.close()
