@@ -329,3 +329,65 @@ def tiling_table(cases, out: str | Path | None = None) -> list[dict]:
         if out:
             write_json({"device": device_info(), "rows": rows}, out, "tiling")
     return rows
+
+
+def write_clip(path: str | Path, frames: int, *, size=(360, 640), fps: int = 24, seed: int = 0) -> Path:
+    """An H.264 test clip of a slow pan over the demo content photo (for the video benchmarks)."""
+    import av
+
+    from fastnst import data, images, temporal
+
+    photo = images.load_image(data.content_photo())
+    s = max(size[0] * 1.6 / photo.shape[0], size[1] * 1.6 / photo.shape[1])
+    photo = np.clip(images.resize(photo, (round(photo.shape[0] * s), round(photo.shape[1] * s))), 0, 255)
+    out = av.open(str(path), "w")
+    v = out.add_stream("libx264", rate=fps)
+    v.height, v.width, v.pix_fmt = size[0], size[1], "yuv420p"
+    chunk = 24
+    for start in range(0, frames, chunk):  # render in chunks: memory stays flat for long clips
+        clip, _ = temporal.synthetic_clip(photo, "pan", frames=min(chunk, frames - start) + 1, size=size,
+                                          speed=0.5, seed=seed + start)
+        for f in clip[1:]:
+            for p in v.encode(av.VideoFrame.from_ndarray(images.to_uint8(f), format="rgb24")):
+                out.mux(p)
+    for p in v.encode():
+        out.mux(p)
+    out.close()
+    return Path(path)
+
+
+def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int = 4) -> dict:
+    """Stylizes a clip through `video.process_video` (in its own process: clean peak RSS) and, for
+    the same frames already in memory, through `stylize.apply` alone: frames/s of both."""
+    import resource
+    import tempfile
+
+    import av
+
+    from fastnst import images, stylize, video
+
+    model = export_load(model_name)
+    with av.open(clip) as c:  # the image path on the same frames (the first 48), decoded beforehand
+        frames = [images.resize_max_side(f.to_ndarray(format="rgb24").astype(np.float32), max_size)
+                  for _, f in zip(range(48), c.decode(video=0), strict=False)]
+    np.asarray(stylize.apply(model, np.stack(frames[:batch])))  # compile once for both paths
+    t = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        np.asarray(stylize.apply(model, np.stack(frames[i: i + batch])))
+    image_fps = len(frames) / (time.perf_counter() - t)
+    del frames
+    with tempfile.TemporaryDirectory() as d:
+        fn = lambda x: np.asarray(stylize.apply(model, x))  # noqa: E731
+        r = video.process_video(clip, Path(d) / "out.mp4", fn, batch_size=batch, max_size=max_size,
+                                progress=False)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model_name, "clip": str(clip), "frames": r.frames, "max_size": max_size,
+            "video_fps": r.fps, "image_path_fps": image_fps, "ratio": image_fps / r.fps,
+            "peak_rss_mb": rss}
+
+
+def export_load(name: str):
+    """A model by name or path (a small indirection so benchmark subprocesses import little)."""
+    from fastnst import export
+
+    return export.load_model(name)

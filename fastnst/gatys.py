@@ -9,8 +9,8 @@ round trip per iteration (an optional progress callback runs every k iterations)
 Projection and L-BFGS: the line search evaluates trial points through the projection, f(P(x + a d)),
 with the gradient of f at P(x + a d) passed straight through P. So the accepted iterate is
 P(x + a d), and the value and gradient the line search cached are exactly those of the iterate:
-one evaluation per iteration, not two (measured: from noise the clip moves the point at every
-iteration, and re-evaluating there made each iteration 1.9x slower, for a slightly worse objective).
+one evaluation per iteration, not two (from noise the clip moves the point at every iteration;
+docs/cpu_performance.md has the measurement).
 """
 
 from __future__ import annotations

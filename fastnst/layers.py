@@ -2,20 +2,16 @@
 
 `Conv` has exactly `nn.Conv`'s parameters (`kernel` HWIO, `bias`) and initialisers, so weights and
 checkpoints are interchangeable. On accelerators it is `lax.conv_general_dilated`. On the CPU three
-things differ, all measured on jaxlib 0.10.2 (docs/cpu_performance.md):
+things differ (why, and the measurements: docs/cpu_performance.md):
 
-* XLA:CPU runs a convolution whose `padding` attribute is non-zero about 4x faster than the same
-  convolution with VALID padding (e.g. 3x3 128->128 at 128²: 47 vs 211 ms; 9x9 32->3 at 512²: 61 vs
-  1388 ms). So zero padding is passed to the convolution, never applied with `jnp.pad`, and a VALID
-  convolution (of an input that was reflection-padded beforehand) is computed with one extra row of
-  zero padding at the bottom, cropped off afterwards (1/H more work).
-* XLA's kernel gradient is slow (64->64 at 4x256²: 5.7 s); the custom VJP computes it as one
-  matrix product per tap over the flattened batch and positions (0.75 s).
-* The input gradient of a stride-1 conv is written out as a padded conv of the output gradient
-  with the flipped, transposed kernel, materialised behind an optimisation barrier: XLA's own
-  transpose folds the kernel transposition into the conv's dimension labels (`01oi`), which
-  XLA:CPU runs about 6x slower inside loops (236 vs 39 ms per 3x3 128->128 conv at 128² in a
-  `fori_loop`, as in the L-BFGS line search) and 1.5x slower outside them.
+* Zero padding is passed to the convolution's `padding` attribute, never applied with `jnp.pad`,
+  and a VALID convolution is computed with one extra row of zero padding that is cropped off:
+  XLA:CPU runs convolutions with a non-zero padding attribute several times faster.
+* The kernel gradient is one matrix product per tap over the flattened batch and positions
+  (custom VJP), much faster than XLA's.
+* The input gradient of a stride-1 conv is a padded conv of the output gradient with the flipped,
+  transposed kernel, materialised behind an optimisation barrier, because XLA:CPU runs its own
+  transposed form (`01oi` dimension labels) far slower inside loops such as the L-BFGS line search.
 """
 
 from __future__ import annotations

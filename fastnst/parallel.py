@@ -6,9 +6,10 @@ with these shardings given explicitly (`sharded_train_step`), so XLA inserts the
 all-reduce, and batch norm statistics are those of the global batch, as on one device.
 
 Several hosts: `initialize()` calls `jax.distributed.initialize()` when the job asks for it
-(`--distributed`, or a cluster environment JAX recognises: SLURM, Open MPI, Kubernetes/TPU pods,
-or `JAX_COORDINATOR_ADDRESS`); each process then builds only its slice of every global batch
-(`data.Batches(process_index=, process_count=)`) and `global_batch` assembles the global array.
+(`bin/train --coordinator=... --num_processes=... --process_id=...`, or a cluster environment JAX
+recognises: SLURM, Open MPI, TPU pods, or `JAX_COORDINATOR_ADDRESS`); each process then builds
+only its slice of every global batch (`data.Batches(process_index=, process_count=)`) and
+`global_batch` assembles the global array.
 Only process 0 writes metrics, samples, config and the exported model; Orbax checkpoints are
 written by all processes together.
 """
@@ -27,12 +28,17 @@ from jax.sharding import PartitionSpec as P
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
 
 
-def initialize(force: bool = False) -> bool:
-    """`jax.distributed.initialize()` when forced or a cluster environment is present (once)."""
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """`jax.distributed.initialize()` when the arguments or a cluster environment ask for it (once).
+
+    Explicit arguments (`bin/train --coordinator=host:port --num_processes=N --process_id=I`) work
+    anywhere; on SLURM, Open MPI or TPU pods JAX finds them itself."""
     if jax.distributed.is_initialized():
         return True
-    if force or any(os.environ.get(k) for k in _CLUSTER_ENV):
-        jax.distributed.initialize()
+    if coordinator or (num_processes or 1) > 1 or any(os.environ.get(k) for k in _CLUSTER_ENV):
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
         return True
     return False
 
