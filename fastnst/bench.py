@@ -30,6 +30,7 @@ LBFGS_COUNTS = (100, 300, 500)
 
 
 def device_info() -> dict:
+    """What the numbers were measured on."""
     d = jax.devices()[0]
     return {"platform": d.platform, "device": d.device_kind, "jax": jax.__version__,
             "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -191,6 +192,7 @@ def _peer_comparison(spec: losses.LossSpec, peer_path: str, vgg_params, repeats:
 
 
 def markdown(res: dict) -> str:
+    """The bench results as Markdown tables."""
     d = res["device"]
     lines = [f"Device: {d['device']} ({d['platform']}), jax {d['jax']}, {d['cpus']} host CPUs.", ""]
     if res["quick"]:
@@ -231,12 +233,14 @@ def markdown(res: dict) -> str:
 
 
 def csv(res: dict) -> str:
+    """Table 1 rows as CSV."""
     keys = sorted({k for r in res["table1"] for k in r})
     return ",".join(keys) + "\n" + "".join(
         ",".join(str(r.get(k, "")) for k in keys) + "\n" for r in res["table1"])
 
 
 def write(res: dict, folder: str | Path) -> Path:
+    """Writes bench.json, bench.md and bench.csv into `folder`."""
     from fastnst.images import atomic_write_bytes
 
     folder = Path(folder)

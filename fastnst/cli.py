@@ -48,6 +48,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`error: ...`, exit 2) instead of usage + message."""
 
     def error(self, message):
+        """One line on stderr, exit status 2."""
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 

@@ -41,9 +41,11 @@ class FolderSource:
         return len(self.files)
 
     def load(self, i: int) -> np.ndarray:
+        """Image i as HxWx3 float32 in [0, 255]."""
         return images.load_image(self.files[i])
 
     def describe(self, i: int) -> str:
+        """A name for image i in messages."""
         return str(self.files[i])
 
 
@@ -220,6 +222,7 @@ class Batches:
             ahead.shutdown(wait=False)
 
     def close(self) -> None:
+        """Stops the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

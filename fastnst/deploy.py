@@ -45,10 +45,12 @@ class _Graph:
         self.weight_dtype = weight_dtype
 
     def name(self, prefix: str) -> str:
+        """A fresh node or tensor name."""
         self.n += 1
         return f"{prefix}_{self.n}"
 
     def const(self, value, prefix="c", weight=False) -> str:
+        """An initializer (a weight is stored in the graph's weight dtype)."""
         from onnx import numpy_helper
 
         name = self.name(prefix)
@@ -60,6 +62,7 @@ class _Graph:
         return name
 
     def op(self, kind: str, inputs, **attrs) -> str:
+        """Appends a node; returns its output's name."""
         out = self.name(kind.lower())
         self.nodes.append(self.helper.make_node(kind, list(inputs), [out], **attrs))
         return out

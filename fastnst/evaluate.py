@@ -26,6 +26,7 @@ Upscaler = Callable[[np.ndarray], np.ndarray]  # HxWx3 LR -> (scale*H)x(scale*W)
 
 @dataclass
 class Sample:
+    """One HR image of an SR set with its LR input."""
     name: str
     hr: np.ndarray  # HxWx3, cropped to a multiple of the scale
     lr: np.ndarray
@@ -50,6 +51,7 @@ def load_set(folder: str | os.PathLike, scale: int) -> list[Sample]:
 
 
 def bicubic(scale: int) -> Upscaler:
+    """The bicubic baseline as an upscaler."""
     def up(lr):
         h, w = lr.shape[:2]
         return images.resize_uint8(lr, (h * scale, w * scale))
@@ -58,6 +60,7 @@ def bicubic(scale: int) -> Upscaler:
 
 
 def model_upscaler(model: stylize.Model, *, histogram_match: bool = False) -> Upscaler:
+    """An SR model as an upscaler (optionally histogram-matched to its input)."""
     def up(lr):
         out = np.asarray(stylize.apply(model, lr))
         return metrics.match_histograms(out, lr) if histogram_match else out
@@ -97,6 +100,7 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def find_set(name: str, root: Path) -> Path:
+    """An SR set by name under `root`, or a folder."""
     p = Path(name)
     if p.is_dir():
         return p

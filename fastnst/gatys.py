@@ -32,6 +32,7 @@ from fastnst import losses, vgg
 
 @dataclass
 class Result:
+    """An optimised image and its objective at every iteration."""
     image: np.ndarray  # HxWx3 float32 in [0, 255]
     objective: np.ndarray  # [iters + 1]: at the start and after every iteration
 

@@ -29,10 +29,12 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
 
 
 def shave(image: np.ndarray, border: int) -> np.ndarray:
+    """The image without `border` pixels on every side."""
     return image[border:-border, border:-border] if border else image
 
 
 def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB."""
     mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 

@@ -37,6 +37,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if jax.distributed.is_initialized():
         return True
     if coordinator or (num_processes or 1) > 1 or any(os.environ.get(k) for k in _CLUSTER_ENV):
+        # Cross-process collectives for CPU devices (GPU/TPU use their own); harmless elsewhere.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
         return True
@@ -57,6 +59,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_sharded(mesh: Mesh) -> NamedSharding:
     """Split along the leading (batch) axis over the `data` axis."""
     return NamedSharding(mesh, P("data"))
+
+
+def replicate(tree, mesh: Mesh):
+    """Host values every process holds in full (parameters, optimizer state, VGG weights) as arrays
+    replicated over the mesh; works across processes, unlike `device_put`."""
+    rep = replicated(mesh)
+
+    def one(x):
+        x = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(x.shape, rep, lambda idx: x[idx])
+
+    return jax.tree.map(one, tree)
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -112,6 +112,7 @@ def finish(stylized: np.ndarray, photo: np.ndarray, *, preserve_colors: bool = F
 
 @dataclass
 class FileResult:
+    """What happened to one input: its output, time per image or frame, or an error."""
     src: Path
     dst: Path | None
     seconds: float

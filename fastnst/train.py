@@ -28,10 +28,12 @@ from fastnst.errors import ConfigError, FastnstError
 
 
 class TrainState(train_state.TrainState):
+    """Flax's TrainState plus batch-norm statistics."""
     batch_stats: Any = dataclasses.field(default_factory=dict)
 
 
 def variables_of(state: TrainState, params=None) -> dict:
+    """The variables dict (`params`, and `batch_stats` when there are any) of a state."""
     v = {"params": state.params if params is None else params}
     return {**v, "batch_stats": state.batch_stats} if state.batch_stats else v
 
@@ -85,6 +87,7 @@ jit_train_step = jax.jit(train_step, static_argnames=("spec", "compute_dtype"), 
 
 def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1
                        ) -> TrainState:
+    """A fresh TrainState (Adam) for `net`."""
     variables = nets.init(net, rng, scale=scale)
     return TrainState.create(apply_fn=net.apply, params=variables["params"],
                              batch_stats=variables.get("batch_stats", {}), tx=optax.adam(lr))
@@ -156,6 +159,7 @@ def all_finite(tree) -> jax.Array:
 
 @dataclasses.dataclass
 class TrainResult:
+    """What a run ended with: the exported model (None if interrupted), step, skipped files, last metrics."""
     model_path: Path | None
     step: int
     interrupted: bool
@@ -294,8 +298,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     init_rng, rng = jax.random.split(rng)  # rng: the stochastic loss terms' base key
     state = create_train_state(nets.build(model_cfg, dtype=jnp.dtype(precision)), init_rng, lr=tc.lr,
                                scale=scale)
-    rep = parallel.replicated(mesh)
-    state, vgg_params, grams, rng = jax.device_put((state, vgg_params, grams, rng), rep)
+    # (the run's key as raw key data: replicable across processes; fold_in accepts it)
+    state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
+                                                       mesh)
     sharded_step = parallel.sharded_train_step(mesh)
     mngr = checkpoint_manager(workdir, tc.keep)
     state = restore_latest(mngr, state)

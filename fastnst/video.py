@@ -50,6 +50,7 @@ def is_video(path: str | os.PathLike) -> bool:
 
 @dataclass
 class VideoResult:
+    """Frames written, packets skipped, wall time and what happened to the audio."""
     frames: int
     skipped: int
     seconds: float

@@ -46,12 +46,14 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str):
+        """Only the allow-listed NumPy globals."""
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
     def persistent_load(self, pid):
+        """Persistent ids are never allowed."""
         raise pickle.UnpicklingError("refusing persistent ids")
 
 
