@@ -176,3 +176,62 @@ def luminance_inputs(content: np.ndarray | None, style: np.ndarray | None
     if cy is not None and sy is not None:
         sy = (sy - sy.mean()) / max(sy.std(), 1e-6) * cy.std() + cy.mean()
     return (grey(cy) if cy is not None else None), (grey(sy) if sy is not None else None)
+
+
+def cli_spec(**loss) -> losses.LossSpec:
+    """A LossSpec from command-line weights and layers, checked (one-line errors)."""
+    from fastnst.errors import FastnstError
+
+    for term in ("content", "style", "tv"):
+        if not 0 <= loss.get(term, 0.0) < float("inf"):
+            raise FastnstError(f"--{term}-weight must be a finite number >= 0")
+    bad = [n for n in (*loss.get("content_layers", ()), *loss.get("style_layers", ())) if n not in vgg.LAYERS]
+    if bad:
+        raise FastnstError(f"unknown VGG layer(s) {bad}; choose from {', '.join(vgg.LAYERS)}")
+    spec = losses.LossSpec.from_config(loss)
+    if not spec.weights:
+        raise FastnstError("every loss weight is 0; nothing to optimise")
+    return spec
+
+
+def optimize_files(spec: losses.LossSpec, *, content: str | None, style: str | None, out: str,
+                   size: int = 256, style_size: int | None = None, iters: int = 500, init: str = "noise",
+                   seed: int = 0, preserve_color: bool = False, progress: bool = True) -> tuple[Result, Path]:
+    """`bin/optimize`: loads and checks the inputs and the output path before any iteration, runs
+    projected L-BFGS (optionally on luminance, colours from the photo), writes the results
+    (`save_result`)."""
+    from tqdm.auto import tqdm
+
+    from fastnst import images, stylize
+    from fastnst.errors import FastnstError
+
+    if spec.content_layers and not content:
+        raise FastnstError("--content is required when --content-weight is not 0")
+    if spec.style_layers and not style:
+        raise FastnstError("--style is required when --style-weight is not 0")
+    if preserve_color and not content:
+        raise FastnstError("--preserve-color needs --content (the colours come from it)")
+    photo = images.resize_max_side(images.load_image(content), size) if content else None
+    art = images.resize_max_side(images.load_image(style), style_size or size) if style else None
+    for name, im in (("content", photo), ("style", art)):
+        if im is not None and min(im.shape[:2]) < 32:
+            raise FastnstError(f"the {name} image is {im.shape[1]}x{im.shape[0]} at this size; VGG-16 "
+                               "needs at least 32 px per side")
+    if photo is None and size < 32:
+        raise FastnstError("--size must be at least 32 (VGG-16's smallest input)")
+    out = images.check_output_path(out)  # fail now, not after 500 iterations
+    images.check_writable_folder(out.parent)
+    c, s = (photo, art) if not preserve_color else luminance_inputs(photo, art)
+    bar = tqdm(total=iters, unit="it", disable=not progress)
+
+    def report(i, value):
+        bar.n = int(i)
+        bar.set_postfix(objective=f"{float(value):.4g}", refresh=True)
+
+    r = optimize(vgg.load_params(), spec, content=c, style=s, iters=iters, init=init,
+                 shape=None if c is not None else (size, size), key=jax.random.key(seed), callback=report,
+                 every=max(1, iters // 100))
+    bar.close()
+    if preserve_color:
+        r = Result(stylize.preserve_color(r.image, photo), r.objective)
+    return r, save_result(r, out)

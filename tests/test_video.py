@@ -33,13 +33,7 @@ def _clip(path: Path, *, frames=6, h=34, w=46, audio=True, rate=12, vfr=False) -
         for p in v.encode(f):
             out.mux(p)
     if a is not None:
-        for i in range(6):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 16000, i * 1024
-            for p in a.encode(af):
-                out.mux(p)
-        for p in a.encode():
-            out.mux(p)
+        _silence(out, a, 6)
     for p in v.encode():
         out.mux(p)
     out.close()
@@ -96,16 +90,20 @@ def test_bad_video_files_get_one_line(tmp_path, make, match):
     assert not (tmp_path / "out.mp4").exists()
 
 
-def _audio_only(path):
-    out = av.open(str(path), "w")
-    a = out.add_stream("aac", rate=16000)
-    for i in range(4):
+def _silence(out, stream, frames: int) -> None:
+    """Encodes `frames` frames of silent mono AAC into `stream` and flushes it."""
+    for i in range(frames):
         af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
         af.sample_rate, af.pts = 16000, i * 1024
-        for p in a.encode(af):
+        for p in stream.encode(af):
             out.mux(p)
-    for p in a.encode():
+    for p in stream.encode():
         out.mux(p)
+
+
+def _audio_only(path):
+    out = av.open(str(path), "w")
+    _silence(out, out.add_stream("aac", rate=16000), 4)
     out.close()
 
 
