@@ -314,7 +314,7 @@ def video_table(rows: dict) -> str:
 
 
 def write_video_eval(result: dict, out: str | os.PathLike, *, meta: dict) -> str:
-    """Writes table.md, results.json and contact.png (rows: input and each model; 4 frames of the
+    """Writes table.md, results.json and contact.jpg (rows: input and each model; 4 frames of the
     first clip) into `out`; returns the table."""
     import json
 
@@ -332,5 +332,5 @@ def write_video_eval(result: dict, out: str | os.PathLike, *, meta: dict) -> str
     width = max(s.shape[1] for s in strips)
     sheet = np.concatenate([np.pad(s, ((0, 8), (0, width - s.shape[1]), (0, 0)), constant_values=255)
                             for s in strips])
-    images.save_image(out / "contact.png", sheet)
+    images.save_image(out / "contact.jpg", sheet)
     return md
