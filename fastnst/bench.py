@@ -341,9 +341,7 @@ def write_clip(path: str | Path, frames: int, *, size=(360, 640), fps: int = 24,
 
     from fastnst import data, images, temporal
 
-    photo = images.load_image(data.content_photo())
-    s = max(size[0] * 1.6 / photo.shape[0], size[1] * 1.6 / photo.shape[1])
-    photo = np.clip(images.resize(photo, (round(photo.shape[0] * s), round(photo.shape[1] * s))), 0, 255)
+    photo = temporal.fit_photo(images.load_image(data.content_photo()), size)
     out = av.open(str(path), "w")
     v = out.add_stream("libx264", rate=fps)
     v.height, v.width, v.pix_fmt = size[0], size[1], "yuv420p"
@@ -368,9 +366,9 @@ def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int =
 
     import av
 
-    from fastnst import images, stylize, video
+    from fastnst import export, images, stylize, video
 
-    model = export_load(model_name)
+    model = export.load_model(model_name)
     with av.open(clip) as c:  # the image path on the same frames (the first 48), decoded beforehand
         frames = [images.resize_max_side(f.to_ndarray(format="rgb24").astype(np.float32), max_size)
                   for _, f in zip(range(48), c.decode(video=0), strict=False)]
@@ -388,10 +386,3 @@ def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int =
     return {"model": model_name, "clip": str(clip), "frames": r.frames, "max_size": max_size,
             "video_fps": r.fps, "image_path_fps": image_fps, "ratio": image_fps / r.fps,
             "peak_rss_mb": rss}
-
-
-def export_load(name: str):
-    """A model by name or path (a small indirection so benchmark subprocesses import little)."""
-    from fastnst import export
-
-    return export.load_model(name)

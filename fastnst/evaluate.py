@@ -266,13 +266,10 @@ def video_clips(photos: Sequence[str | os.PathLike], *, kinds=("pan", "zoom", "r
 
     clips = {}
     for i, p in enumerate(photos):
-        photo = images.load_image(p)
-        scale = max(size[0] * 1.6 / photo.shape[0], size[1] * 1.6 / photo.shape[1])
-        photo = images.resize(photo, (round(photo.shape[0] * scale), round(photo.shape[1] * scale)),
-                              method="lanczos")
+        photo = temporal.fit_photo(images.load_image(p), size)
         for j, kind in enumerate(kinds):
             clips[f"{Path(p).stem}_{kind}"] = temporal.synthetic_clip(
-                np.clip(photo, 0, 255), kind, frames=frames, size=size, seed=seed + 10 * i + j)
+                photo, kind, frames=frames, size=size, seed=seed + 10 * i + j)
     return clips
 
 

@@ -207,14 +207,14 @@ def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
                           method="bilinear"), 0, 255)
 
 
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """All image files under `root` (recursive), sorted, by suffix."""
+def list_images(root: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """All image files (or files with one of `suffixes`) under `root`, recursive, sorted."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise ImageError(f"{root}: no such file or folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def side_by_side(images: list[np.ndarray], *, height: int = 256, gap: int = 8) -> np.ndarray:

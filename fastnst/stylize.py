@@ -61,7 +61,7 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     else:
         tile = tiling.tile_size(net, budget)
         if tile is None:
-            need = tiling.activation_bytes(net, *(2 * tiling.margin(net) + 32,) * 2) / 2**20
+            need = tiling.min_tile_bytes(net) / 2**20
             raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
                               f"(needs about {need:.0f} MB); raise the budget or use --max-size")
         outs = [tiling.apply_tiled(net, model.variables, np.asarray(im), tile=tile) for im in x]
@@ -151,8 +151,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = sorted(set(images.list_images(p)) | {f for f in p.rglob("*") if f.is_file() and
-                                                         f.suffix.lower() in video.VIDEO_SUFFIXES})
+            files = images.list_images(p, images.IMAGE_SUFFIXES + video.VIDEO_SUFFIXES)
             if not files:
                 errors.append(FileResult(p, None, 0.0, f"{p}: no images or videos in this folder"))
             pairs += [(f, out / f.relative_to(p).with_name(f.stem + suffix + _ext(f, ext))) for f in files]
@@ -227,8 +226,9 @@ def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.P
     if on_plan:
         on_plan(len(pairs))
     yield from errors
-    videos = [(s, d) for s, d in pairs if video.is_video(s)]
-    pairs = [(s, d) for s, d in pairs if (s, d) not in videos]
+    is_video = [video.is_video(s) for s, _ in pairs]
+    videos = [p for p, v in zip(pairs, is_video, strict=True) if v]
+    pairs = [p for p, v in zip(pairs, is_video, strict=True) if not v]
     for src, dst in videos:
         yield _run_video(model, src, dst, max_size=max_size, batch_size=batch_size, post=post,
                          budget=budget, progress=progress)

@@ -46,6 +46,16 @@ def _motion(kind: str, t: int, h: int, w: int, speed: float) -> np.ndarray:
     raise ValueError(f"unknown motion {kind!r} (pan, zoom, rotate)")
 
 
+def fit_photo(photo: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The photo resized (Lanczos) to 1.6x the clip size on its tighter side, so that camera motion
+    stays inside it."""
+    from fastnst import images
+
+    s = max(size[0] * 1.6 / photo.shape[0], size[1] * 1.6 / photo.shape[1])
+    resized = images.resize(photo, (round(photo.shape[0] * s), round(photo.shape[1] * s)), method="lanczos")
+    return np.clip(resized, 0, 255)
+
+
 def synthetic_clip(photo: np.ndarray, kind: str, *, frames: int = 8, size: tuple[int, int] = (180, 320),
                    speed: float = 2.0, noise: float = 2.0, jpeg_quality: int | None = 90,
                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,14 +115,18 @@ def _remap(image: np.ndarray, f: np.ndarray) -> np.ndarray:
 def valid_mask(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """Pixels of frame t that are visible in frame t-1: inside the frame and forward-backward
     consistent (the criterion of the module docstring)."""
-    h, w = backward.shape[:2]
     fwd_at = _remap(forward, backward)
     total = backward + fwd_at
     ok = np.sum(total**2, -1) < 0.01 * (np.sum(backward**2, -1) + np.sum(fwd_at**2, -1)) + 0.5
+    return ok & _inside(backward)
+
+
+def _inside(backward: np.ndarray) -> np.ndarray:
+    """Pixels whose flow lands inside the frame."""
+    h, w = backward.shape[:2]
     xs, ys = np.meshgrid(np.arange(w), np.arange(h))
-    inside = ((xs + backward[..., 0] >= 0) & (xs + backward[..., 0] <= w - 1)
-              & (ys + backward[..., 1] >= 0) & (ys + backward[..., 1] <= h - 1))
-    return ok & inside
+    return ((xs + backward[..., 0] >= 0) & (xs + backward[..., 0] <= w - 1)
+            & (ys + backward[..., 1] >= 0) & (ys + backward[..., 1] <= h - 1))
 
 
 def warping_error(inputs: np.ndarray, outputs: np.ndarray, *, flows: np.ndarray | None = None) -> float:
@@ -126,10 +140,7 @@ def warping_error(inputs: np.ndarray, outputs: np.ndarray, *, flows: np.ndarray 
             mask = valid_mask(back, fwd)
         else:
             back = flows[t - 1]
-            h, w = back.shape[:2]
-            xs, ys = np.meshgrid(np.arange(w), np.arange(h))
-            mask = ((xs + back[..., 0] >= 0) & (xs + back[..., 0] <= w - 1)
-                    & (ys + back[..., 1] >= 0) & (ys + back[..., 1] <= h - 1))
+            mask = _inside(back)
         o_t = np.asarray(outputs[t], np.float32)
         if o_t.shape[:2] != back.shape[:2]:  # SR outputs: compare at the input's resolution
             o_t = _resize(o_t, back.shape[:2])

@@ -9,12 +9,13 @@ exactly as the network pads it, and windows start on the stride grid and share o
 stitched output equals the whole-image output up to float rounding (one compilation).
 
 Instance norm normalises with statistics of the whole (padded) activation, which a tile does not
-see. `_sample_stats` computes them the way one image made of tiles would: a batch of
-full-resolution tiles goes through the network with every instance-norm layer pooling its
-statistics over the tiles' cores (mapped onto that layer's grid, border padding included) and
-normalising with them. When the budget holds all tiles this is exact; otherwise an evenly spread
-subset is used and the result is an estimate (measured in docs/tiling.md). Every tile is then
-normalised with the same statistics, so colours do not change from tile to tile.
+see. `_exact_stats` computes them first, layer by layer: for each norm layer in execution order,
+every tile runs up to that layer (earlier layers normalised with their exact statistics) and sums
+its input over the tile's own share of the layer's activation (its core mapped onto the layer's
+grid, plus the border padding for tiles on the image's edge). Every tile is then normalised with
+the same statistics, so the stitched output equals whole-image inference too, at the cost of one
+partial pass per norm layer (docs/tiling.md has the measurements and the cheaper estimates that
+were tried and dropped).
 """
 
 from __future__ import annotations
@@ -86,13 +87,24 @@ def default_budget() -> int:
 
 def fits(net: nets.TransformNet, h: int, w: int, budget: int, batch: int = 1) -> bool:
     """Whether `batch` images of h x w can run whole within `budget` bytes."""
-    return batch * activation_bytes(net, h + (-h % 4), w + (-w % 4)) <= budget
+    mult = 2 ** len(net.down)
+    return batch * activation_bytes(net, h + (-h % mult), w + (-w % mult)) <= budget
+
+
+def _tile_step(net: nets.TransformNet) -> int:
+    return 8 * 2 ** len(net.down)
+
+
+def min_tile_bytes(net: nets.TransformNet) -> int:
+    """The budget the smallest tile (core of `_tile_step` px plus its margins) needs."""
+    side = _tile_step(net) + 2 * margin(net)
+    return activation_bytes(net, side, side)
 
 
 def tile_size(net: nets.TransformNet, budget: int) -> int | None:
     """The largest tile core (a multiple of 8 x the stride) whose window fits the budget, or None
-    when not even the smallest does."""
-    step = 8 * 2 ** len(net.down)
+    when not even the smallest does (`min_tile_bytes`)."""
+    step = _tile_step(net)
     m = margin(net)
     t = 0
     while activation_bytes(net, t + step + 2 * m, t + step + 2 * m) <= budget and t < 1 << 15:
