@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
         content=1.0, style=2.0, pixel=0.0, tv=2e-5,
         # Stability (Gupta et al. 2017) for video: 0 = off (the paper). See docs/video.md.
-        stability=0.0, stability_noise=8.0))
+        stability=0.0, stability_noise=8.0, stability_shift=0))
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=256, steps=40_000, lr=1e-3,

@@ -335,6 +335,37 @@ def tiling_table(cases, out: str | Path | None = None) -> list[dict]:
     return rows
 
 
+VIDEO_CASES = ((48, 24, None), (120, 12, 320), (720, 12, 320))  # frames, fps, --max-size
+
+
+def video_table(out: str | Path | None = None, *, model_name: str = "the_scream", cases=VIDEO_CASES,
+                size=(360, 640)) -> list[dict]:
+    """The video benchmark: for each (frames, fps, max_size) case, writes an H.264 pan clip of
+    `size` (48 frames at 24 fps = 2 s at full size; 10 s and 60 s at 12 fps resized to 320 px)
+    and runs `video_case` on it in a fresh process (a clean peak RSS per clip)."""
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for frames, fps, max_size in cases:
+            clip = write_clip(Path(d) / f"clip_{frames}_{fps}.mp4", frames, size=size, fps=fps)
+            code = ("import json; from fastnst import bench; print(json.dumps(bench.video_case("
+                    f"{model_name!r}, {str(clip)!r}, max_size={max_size!r})))")
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
+            row = {"frames": frames, "fps": fps, "size": list(size), "max_size": max_size}
+            if r.returncode:
+                row["error"] = r.stderr.strip().splitlines()[-1:]
+            else:
+                row.update(json.loads(r.stdout.strip().splitlines()[-1]))
+                row["seconds"] = frames / fps
+                del row["clip"]  # a temporary path
+            rows.append(row)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if out:
+        write_json({"device": device_info(), "rows": rows}, out, "video")
+    return rows
+
+
 def write_clip(path: str | Path, frames: int, *, size=(360, 640), fps: int = 24, seed: int = 0) -> Path:
     """An H.264 test clip of a slow pan over the demo content photo (for the video benchmarks)."""
     import av

@@ -26,7 +26,7 @@ from fastnst.errors import ConfigError
 TermFn = Callable[..., jax.Array]
 REGISTRY: dict[str, TermFn] = {}
 LAYER_KEYS = ("content_layers", "style_layers")
-OPTION_KEYS = ("stability_noise",)  # settings of a term, not weights
+OPTION_KEYS = ("stability_noise", "stability_shift")  # settings of a term, not weights
 
 
 def register(name: str) -> Callable[[TermFn], TermFn]:
@@ -54,6 +54,7 @@ class LossSpec:
     content_layers: tuple[str, ...] = ()
     style_layers: tuple[str, ...] = ()
     stability_noise: float = 8.0  # std of the Gaussian input noise of the stability term, on 0..255
+    stability_shift: int = 0  # largest shift (input px) of the stability term's perturbation; 0 = none
 
     def __post_init__(self):
         unknown = [k for k, _ in self.weights if k not in REGISTRY]
@@ -77,7 +78,8 @@ class LossSpec:
         return cls(weights=weights,
                    content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
                    style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else (),
-                   stability_noise=float(loss.get("stability_noise", cls.stability_noise)))
+                   stability_noise=float(loss.get("stability_noise", cls.stability_noise)),
+                   stability_shift=int(loss.get("stability_shift", cls.stability_shift)))
 
     def weight(self, term: str) -> float:
         """The weight of `term` (0 when it is off)."""
@@ -170,15 +172,39 @@ def tv_term(*, pred, **_) -> jax.Array:
 
 
 @register("stability")
-def stability_term(*, pred, pred_perturbed, **_) -> jax.Array:
+def stability_term(*, pred, pred_perturbed, perturb_offset=None, **_) -> jax.Array:
     """Stability (Gupta et al., ICCV 2017): squared difference between the outputs for an input
-    and for the same input slightly perturbed (`perturb`), / (C H W), batch mean."""
-    return jnp.mean(jnp.square(pred - pred_perturbed))
+    and for the same input slightly perturbed (`perturb`), / (C H W), batch mean.
+
+    When the perturbation also shifted the input (a crop at `perturb_offset`, given in output
+    pixels), the perturbed output is compared with the same crop of `pred`: the output should
+    move with the content, as it must in a panning shot.
+    """
+    ref = pred if perturb_offset is None else crop(pred, perturb_offset, pred_perturbed.shape[1:3])
+    return jnp.mean(jnp.square(ref - pred_perturbed))
 
 
-def perturb(images: jax.Array, key: jax.Array, noise: float) -> jax.Array:
-    """The stability term's perturbation: Gaussian noise of std `noise` (on 0..255), clipped."""
-    return jnp.clip(images + noise * jax.random.normal(key, images.shape, images.dtype), 0.0, 255.0)
+def perturb(images: jax.Array, key: jax.Array, noise: float, shift: int = 0) -> tuple[jax.Array, jax.Array]:
+    """The stability term's perturbation and the shift it applied (dy, dx in input pixels).
+
+    With `shift` > 0 the images are first cropped by `shift` px in each dimension at a random
+    offset in [0, shift]^2 (a camera move of up to `shift` px); then Gaussian noise of std `noise`
+    (on 0..255) is added and the result clipped. The noise uses `key` itself and the offset a key
+    folded from it, so a shift-free run draws the same noise with or without this option.
+    """
+    offset = jnp.zeros((2,), jnp.int32)
+    if shift:
+        n, h, w, c = images.shape
+        offset = jax.random.randint(jax.random.fold_in(key, 1), (2,), 0, shift + 1)
+        images = jax.lax.dynamic_slice(images, (0, offset[0], offset[1], 0), (n, h - shift, w - shift, c))
+    noisy = jnp.clip(images + noise * jax.random.normal(key, images.shape, images.dtype), 0.0, 255.0)
+    return noisy, offset
+
+
+def crop(images: jax.Array, offset: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """images[:, dy:dy+h, dx:dx+w] for a traced offset (dy, dx) and a static size (h, w)."""
+    n, _, _, c = images.shape
+    return jax.lax.dynamic_slice(images, (0, offset[0], offset[1], 0), (n, *size, c))
 
 
 def _call_term(name: str, fn: TermFn, inputs: Mapping) -> jax.Array:

@@ -45,6 +45,8 @@ def _one_line_error(r, code=1):
     ("train.time_limit_s", -1.0, "train.time_limit_s"), ("train.keep", 0, "train.keep"),
     ("loss.tv", -1.0, "loss.tv"), ("data.source", "bogus", "data.source"),
     ("data.workers", 0, "data.workers"),
+    ("loss.stability_shift", -1, "loss.stability_shift"), ("loss.stability_shift", 1.5, "loss.stability_shift"),
+    ("loss.stability_shift", 10_000, "loss.stability_shift"),
 ])
 def test_bad_config_values_are_refused_up_front(tmp_path, key, value, match):
     c = tiny_config(tmp_path).to_dict()

@@ -129,12 +129,33 @@ def test_stability_term_matches_numpy_on_a_tiny_net():
     v = nets.init(net, jax.random.key(0), size=32)
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
     key = jax.random.key(5)
-    noisy = losses.perturb(x, key, 8.0)
+    noisy, _ = losses.perturb(x, key, 8.0)
     ref_noisy = np.clip(np.asarray(x) + 8.0 * np.asarray(jax.random.normal(key, x.shape)), 0, 255)
     np.testing.assert_allclose(np.asarray(noisy), ref_noisy, atol=1e-4)
     a, b = np.asarray(net.apply(v, x)), np.asarray(net.apply(v, noisy))
     got = losses.total_loss({"stability": 3.0}, pred=jnp.asarray(a), pred_perturbed=jnp.asarray(b))[1]
     np.testing.assert_allclose(float(got["stability"]), 3.0 * np.mean((a - b) ** 2), rtol=1e-5)
+
+
+def test_shifted_stability_compares_the_same_content():
+    """With a shift, the perturbed input is a crop at the drawn offset, and the term compares its
+    output with the same crop of the unperturbed output (NumPy reference)."""
+    net = nets.style_net(width=0.125, norm="instance")
+    v = nets.init(net, jax.random.key(0), size=32)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 36, 36, 3)).astype(np.float32)
+    key = jax.random.key(7)
+    shifted, offset = losses.perturb(jnp.asarray(x), key, 0.0, shift=4)
+    dy, dx = (int(o) for o in offset)
+    assert shifted.shape == (2, 32, 32, 3) and 0 <= dy <= 4 and 0 <= dx <= 4
+    np.testing.assert_array_equal(np.asarray(shifted), x[:, dy:dy + 32, dx:dx + 32])
+    offsets = {tuple(int(o) for o in losses.perturb(jnp.asarray(x), jax.random.key(k), 0.0, 4)[1])
+               for k in range(40)}
+    assert len(offsets) > 10  # drawn, not fixed
+    a, b = np.asarray(net.apply(v, x)), np.asarray(net.apply(v, shifted))
+    got = losses.total_loss({"stability": 2.0}, pred=jnp.asarray(a), pred_perturbed=jnp.asarray(b),
+                            perturb_offset=offset)[1]
+    np.testing.assert_allclose(float(got["stability"]),
+                               2.0 * np.mean((a[:, dy:dy + 32, dx:dx + 32] - b) ** 2), rtol=1e-5)
 
 
 def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
@@ -150,3 +171,20 @@ def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
         train.train_step(state, {"input": x, "target": x}, vgg_params, grams, spec)
     _, m1 = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec, jax.random.key(1))
     assert float(m1["stability"]) > 0 and "stability" in m1
+    cfg.loss.stability_shift = 3  # the shifted variant runs through the jitted step too
+    shifted = losses.LossSpec.from_config(cfg.loss)
+    state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)  # donated
+    batch = {"input": x, "target": x}
+    _, m2 = train.jit_train_step(state, batch, vgg_params, grams, shifted, jax.random.key(1))
+    assert np.isfinite(float(m2["stability"])) and float(m2["stability"]) > 0
+
+
+def test_video_benchmark_row_is_complete():
+    """The video benchmark (bin/bench --video) on a tiny clip: both paths timed, RSS recorded."""
+    from fastnst import bench
+
+    (row,) = bench.video_table(None, cases=((5, 5, 48),), size=(40, 64))
+    assert "error" not in row, row
+    assert row["frames"] == 5 and row["seconds"] == 1.0 and row["max_size"] == 48
+    assert row["video_fps"] > 0 and row["image_path_fps"] > 0 and row["peak_rss_mb"] > 100
+    assert row["ratio"] == pytest.approx(row["image_path_fps"] / row["video_fps"])
