@@ -49,7 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
         content=1.0, style=2.0, pixel=0.0, tv=2e-5,
-        # Stability (Gupta et al. 2017) for video: 0 = off (the paper). See docs/video.md.
+        # Stability (Gupta et al. 2017) for video: 0 = off (the paper). The perturbation is Gaussian
+        # noise of std stability_noise (0..255) and, with stability_shift=S > 0, a random shift of
+        # up to S px (the output must move with the content). See docs/video.md.
         stability=0.0, stability_noise=8.0, stability_shift=0))
 
     c.train = ml_collections.ConfigDict(dict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import signal
 import sys
 
@@ -24,12 +25,23 @@ def one_line_errors(main):
             return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
-            return 130
+            _exit_now(130)
         except MemoryError:
             print("error: out of memory; use a smaller --max-size or --memory-budget", file=sys.stderr)
             return 1
 
     return wrapper
+
+
+def _exit_now(code: int) -> None:
+    """Exits without interpreter finalization. An interrupt can land inside the import of a native
+    extension (jaxlib, TensorFlow), and tearing the half-built module down then crashed (SIGSEGV
+    after `interrupted`, seen for SIGTERM 4 s into `bin/train`'s start-up). By the time this runs
+    the stack has unwound: outputs are closed or their temporary files removed, and checkpoints are
+    written atomically, so nothing is lost by skipping the rest."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _raise_interrupt(signum, frame):
