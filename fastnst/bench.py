@@ -288,8 +288,6 @@ def write_json(res: dict, folder: str | Path, name: str) -> Path:
 def tiling_case(kind: str, h: int, w: int, *, budget_mb: float | None = None, repeats: int = 1) -> dict:
     """One tiled-inference measurement (run in its own process for a clean peak RSS): `kind` is
     `paper_bn` (the paper's network, batch norm, random weights) or a shipped model name."""
-    import resource
-
     from fastnst import export, stylize, tiling
 
     if kind == "paper_bn":
@@ -314,21 +312,33 @@ def tiling_case(kind: str, h: int, w: int, *, budget_mb: float | None = None, re
     return {"kind": kind, "h": h, "w": w, "budget_mb": budget / 2**20, "tiled": tiled,
             "tile": tiling.tile_size(model.net, budget) if tiled else None,
             "first_call_s": first, "s": best, "us_per_pixel": best / (h * w) * 1e6,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _in_fresh_process(call: str) -> dict:
+    """`bench.<call>` run in a fresh Python process (so its peak RSS is its own): the JSON row it
+    returns, or {"error": [last line of stderr]} when it failed."""
+    code = f"import json; from fastnst import bench; print(json.dumps(bench.{call}))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
+    if r.returncode:
+        return {"error": r.stderr.strip().splitlines()[-1:]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def tiling_table(cases, out: str | Path | None = None) -> list[dict]:
     """Runs each (kind, h, w, budget_mb, repeats) case in a fresh process; returns the rows."""
     rows = []
     for kind, h, w, budget_mb, repeats in cases:
-        code = ("import json, sys; from fastnst import bench; "
-                f"print(json.dumps(bench.tiling_case({kind!r}, {h}, {w}, budget_mb={budget_mb!r}, "
-                f"repeats={repeats})))")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
-        if r.returncode:
-            rows.append({"kind": kind, "h": h, "w": w, "error": r.stderr.strip().splitlines()[-1:]})
-        else:
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        row = _in_fresh_process(f"tiling_case({kind!r}, {h}, {w}, budget_mb={budget_mb!r}, "
+                                f"repeats={repeats})")
+        rows.append({"kind": kind, "h": h, "w": w, **row} if "error" in row else row)
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if out:
             write_json({"device": device_info(), "rows": rows}, out, "tiling")
@@ -349,14 +359,9 @@ def video_table(out: str | Path | None = None, *, model_name: str = "the_scream"
     with tempfile.TemporaryDirectory() as d:
         for frames, fps, max_size in cases:
             clip = write_clip(Path(d) / f"clip_{frames}_{fps}.mp4", frames, size=size, fps=fps)
-            code = ("import json; from fastnst import bench; print(json.dumps(bench.video_case("
-                    f"{model_name!r}, {str(clip)!r}, max_size={max_size!r})))")
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
-            row = {"frames": frames, "fps": fps, "size": list(size), "max_size": max_size}
-            if r.returncode:
-                row["error"] = r.stderr.strip().splitlines()[-1:]
-            else:
-                row.update(json.loads(r.stdout.strip().splitlines()[-1]))
+            row = {"frames": frames, "fps": fps, "size": list(size), "max_size": max_size,
+                   **_in_fresh_process(f"video_case({model_name!r}, {str(clip)!r}, max_size={max_size!r})")}
+            if "error" not in row:
                 row["seconds"] = frames / fps
                 del row["clip"]  # a temporary path
             rows.append(row)
@@ -392,7 +397,6 @@ def write_clip(path: str | Path, frames: int, *, size=(360, 640), fps: int = 24,
 def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int = 4) -> dict:
     """Stylizes a clip through `video.process_video` (in its own process: clean peak RSS) and, for
     the same frames already in memory, through `stylize.apply` alone: frames/s of both."""
-    import resource
     import tempfile
 
     import av
@@ -413,7 +417,6 @@ def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int =
         fn = lambda x: np.asarray(stylize.apply(model, x))  # noqa: E731
         r = video.process_video(clip, Path(d) / "out.mp4", fn, batch_size=batch, max_size=max_size,
                                 progress=False)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"model": model_name, "clip": str(clip), "frames": r.frames, "max_size": max_size,
             "video_fps": r.fps, "image_path_fps": image_fps, "ratio": image_fps / r.fps,
-            "peak_rss_mb": rss}
+            "peak_rss_mb": _peak_rss_mb()}

@@ -194,9 +194,9 @@ def perturb(images: jax.Array, key: jax.Array, noise: float, shift: int = 0) -> 
     """
     offset = jnp.zeros((2,), jnp.int32)
     if shift:
-        n, h, w, c = images.shape
+        _, h, w, _ = images.shape
         offset = jax.random.randint(jax.random.fold_in(key, 1), (2,), 0, shift + 1)
-        images = jax.lax.dynamic_slice(images, (0, offset[0], offset[1], 0), (n, h - shift, w - shift, c))
+        images = crop(images, offset, (h - shift, w - shift))
     noisy = jnp.clip(images + noise * jax.random.normal(key, images.shape, images.dtype), 0.0, 255.0)
     return noisy, offset
 

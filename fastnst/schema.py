@@ -100,7 +100,7 @@ def _validate_loss(c: Mapping) -> None:
     if "stability_noise" in loss:
         _num(c, "loss.stability_noise", 0.0, strict=True)
     if "stability_shift" in loss:
-        _int(c, "loss.stability_shift", 0, max(0, c["train"]["image_size"] // 4))
+        _int(c, "loss.stability_shift", 0, c["train"]["image_size"] // 4)
     if not spec.weights:
         raise ConfigError(f"every loss weight is 0; set at least one of {', '.join(losses.terms())}")
     for key in losses.LAYER_KEYS:

@@ -49,10 +49,10 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
       vgg_params: VGG-16 variables (never differentiated).
       style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
       spec: loss terms, weights and layers (static).
+      rng: the run's base key, for stochastic terms (the stability term's perturbation); each step
+        uses `fold_in(rng, step)`, so a resumed run draws the same perturbation.
       compute_dtype: 'float32' or 'bfloat16' for VGG-16 (the transformation net's dtype is its
         own); losses, Grams and parameters stay float32 (static).
-      rng: the run's base key, for stochastic terms (the stability term's noise); each step uses
-        `fold_in(rng, step)`, so a resumed run draws the same noise.
 
     Returns:
       (new state, metrics): metrics hold `loss` and each weighted part.
