@@ -19,6 +19,7 @@ def one_line_errors(main):
 
         interrupt_on_sigterm()
         try:
+            import_native_code()
             return main(*args, **kwargs)
         except FastnstError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -46,6 +47,24 @@ def _exit_now(code: int) -> None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def import_native_code() -> None:
+    """Imports jax (jaxlib's native libraries) with SIGINT and SIGTERM held back.
+
+    A signal that lands while jaxlib's extension initialises crashed the process (SIGSEGV, exit
+    -11, seen when SIGTERM arrived the moment jaxlib's shared objects were mapped); held back, it is
+    delivered as soon as the import returns and ends the program as `interrupted`, exit 130. Threads
+    that the import starts inherit the mask, so later signals go to the main thread.
+    """
+    if "jax" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import jax  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def interrupt_on_sigterm() -> None:

@@ -1,11 +1,19 @@
-"""Small synthetic inputs and a tiny config shared by the training tests."""
+"""Small synthetic inputs, a tiny config, one train-step setup and one CLI runner shared by the tests."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import style as style_config
-from fastnst import images
+from fastnst import images, losses, nets, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_photos(folder: Path, n: int, size=(40, 48), seed: int = 0) -> Path:
@@ -31,3 +39,31 @@ def tiny_config(tmp: Path, steps: int = 6):
     c.train.update(batch_size=2, image_size=32, steps=steps, log_every=2, ckpt_every=2,
                    sample_every=steps, keep=2)
     return c
+
+
+def tiny_step(vgg_params, cfg, *, lr: float = 1e-3, dtype: str = "float32", style=None, seed: int = 0):
+    """Everything one call of the train step needs for `cfg` (e.g. `tiny_config`): the network, a
+    fresh train state, the loss spec, a 2x32x32 batch (target = input) and the style Grams (of
+    `style`, default the batch's first image)."""
+    spec = losses.LossSpec.from_config(cfg.loss)
+    net = nets.build(cfg.model.to_dict(), dtype=jnp.dtype(dtype))
+    state = train.create_train_state(net, jax.random.key(0), lr=lr)
+    x = jnp.asarray(np.random.default_rng(seed).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
+    style = np.asarray(x[0]) if style is None else style
+    grams = train.style_targets(vgg_params, style, spec.style_layers, style.shape[0])
+    return SimpleNamespace(net=net, state=state, spec=spec, grams=grams, x=x, batch={"input": x, "target": x})
+
+
+def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs `python *args` from the repository root on the CPU, as a user would; output captured."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+def one_line_error(r: subprocess.CompletedProcess, code: int = 1) -> str:
+    """Asserts the CLI failed with `code` and printed exactly one `error: ...` line, no traceback."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == code, (r.returncode, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
+    return lines[0]

@@ -1,27 +1,19 @@
 """End to end through the command-line scripts, as a user runs them."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from fastnst import images
-from tests.helpers import tiny_config
+from tests.helpers import run_cli, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(*args, env=None):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 def test_train_then_stylize(tmp_path, weights_cache):
     cfg = tiny_config(tmp_path, steps=4)
     work = tmp_path / "run"
-    r = _run("bin/train", "--config=configs/style.py:runlocal", f"--workdir={work}", "--noprogress",
+    r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={work}", "--noprogress",
              f"--config.data.folder={cfg.data.folder}", f"--config.style_image={cfg.style_image}",
              "--config.style_size=48", "--config.model.width=0.125", "--config.data.holdout=2",
              "--config.train.image_size=32", "--config.train.batch_size=2", "--config.train.steps=4",
@@ -38,7 +30,7 @@ def test_train_then_stylize(tmp_path, weights_cache):
     bad = tmp_path / "in" / "c.png"
     bad.write_text("not an image")
     out = tmp_path / "out"
-    r = _run("bin/stylize", f"--model={model}", str(a), str(b), str(bad), f"--out={out}")
+    r = run_cli("bin/stylize", f"--model={model}", str(a), str(b), str(bad), f"--out={out}")
     assert r.returncode == 1  # one input failed, the others were processed
     err = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error:") and "c.png" in err[0]
@@ -47,16 +39,16 @@ def test_train_then_stylize(tmp_path, weights_cache):
 
 
 def test_user_mistakes_give_one_line_errors(tmp_path, weights_cache):
-    r = _run("bin/stylize", "--model=nope", "x.png", f"--out={tmp_path}")
+    r = run_cli("bin/stylize", "--model=nope", "x.png", f"--out={tmp_path}")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "nope" in r.stderr
-    r = _run("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
+    r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
              "--config.train.no_such_key=1")
     assert r.returncode == 2 and "no_such_key" in r.stderr and "Traceback" not in r.stderr
-    r = _run("bin/train", "--config=configs/missing.py", f"--workdir={tmp_path}")
+    r = run_cli("bin/train", "--config=configs/missing.py", f"--workdir={tmp_path}")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "missing.py" in r.stderr
-    r = _run("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
+    r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
              "--config.style_image=/missing.jpg")
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
-    r = _run("bin/eval_style", "--model=starry_night", "--style=/missing.jpg", str(tmp_path / "x.png"))
+    r = run_cli("bin/eval_style", "--model=starry_night", "--style=/missing.jpg", str(tmp_path / "x.png"))
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.png" in r.stderr
     assert r.stderr.strip().count("\n") == 0

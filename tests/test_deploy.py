@@ -1,7 +1,5 @@
 """Exported models run without fastnst and give the same pixels: onnxruntime and jax.export."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +8,19 @@ import onnxruntime as ort
 import pytest
 
 from fastnst import deploy, export, stylize
+from tests.helpers import one_line_error, run_cli
 
 SIZES = ((45, 61), (64, 64), (101, 77))  # odd, square, taller than wide
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Bounds on 0..255 (docs/testing.md, results/tolerances.json): both runtimes compute the same float32
+# network with their own kernels, so they differ by float32 rounding. Measured max |diff| against
+# stylize.apply on this CPU over the shipped models and SIZES: ONNX 7.5e-4 (float32 and float16
+# weights alike: the shipped weights are float16 values), jax.export 6.7e-4; bounds 4x that, the
+# margin docs/testing.md derives for other CPUs.
+ONNX_MAX_DIFF = 3e-3
+JAX_EXPORT_MAX_DIFF = 3e-3
 
 
 def _inputs():
@@ -20,54 +28,55 @@ def _inputs():
     return [rng.uniform(0, 255, (1, *hw, 3)).astype(np.float32) for hw in SIZES]
 
 
+def onnx_sessions(m, tmp_path) -> dict:
+    """onnxruntime sessions of `m` exported with float32 and float16 weights."""
+    return {dt: ort.InferenceSession(str(deploy.to_onnx(m, tmp_path / f"m.{dt}.onnx", dtype=dt)),
+                                     providers=["CPUExecutionProvider"]) for dt in ("float32", "float16")}
+
+
+def run_exported_in_plain_jax(m, tmp_path, xs) -> list[np.ndarray]:
+    """Writes `m` with jax.export and runs it on `xs` in a fresh interpreter that never imports fastnst."""
+    path = deploy.to_jax(m, tmp_path / "m.jaxexport")
+    code = ("import sys, numpy as np, jax; from jax import export; "
+            "e = export.deserialize(open(sys.argv[1], 'rb').read()); "
+            "assert 'fastnst' not in sys.modules; "
+            "xs = np.load(sys.argv[2]); "
+            "np.savez(sys.argv[3], *[np.asarray(e.call(xs[k])) for k in xs.files])")
+    np.savez(tmp_path / "in.npz", *xs)
+    r = run_cli("-c", code, path, tmp_path / "in.npz", tmp_path / "out.npz", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outs = np.load(tmp_path / "out.npz")
+    return [outs[f"arr_{i}"] for i in range(len(xs))]
+
+
 @pytest.mark.parametrize("name", export.available())
 def test_onnx_matches_fastnst_for_every_shipped_model(name, tmp_path):
     m = export.load_model(name)
-    path = deploy.to_onnx(m, tmp_path / f"{name}.onnx")
-    proto = onnx.load(path)
+    sessions = onnx_sessions(m, tmp_path)
+    proto = onnx.load(tmp_path / "m.float32.onnx")
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["layout"] == "NHWC" and meta["range"] == "0..255" and meta["opset"] == str(deploy.OPSET)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    half = ort.InferenceSession(str(deploy.to_onnx(m, tmp_path / "h.onnx", dtype="float16")),
-                                providers=["CPUExecutionProvider"])
-    assert (tmp_path / "h.onnx").stat().st_size < 0.6 * path.stat().st_size
+    assert (tmp_path / "m.float16.onnx").stat().st_size < 0.6 * (tmp_path / "m.float32.onnx").stat().st_size
     for x in _inputs():
         ref = np.asarray(stylize.apply(m, x))
-        y = sess.run(None, {"image": x})[0]
-        assert y.shape == ref.shape and np.abs(y - ref).max() <= 0.5
-        assert np.abs(half.run(None, {"image": x})[0] - ref).max() <= 0.5
+        for dtype, sess in sessions.items():
+            y = sess.run(None, {"image": x})[0]
+            assert y.shape == ref.shape and np.abs(y - ref).max() <= ONNX_MAX_DIFF, dtype
 
 
 @pytest.mark.parametrize("name", ["the_scream", "sr_x4_feature"])
 def test_jax_export_runs_with_plain_jax(name, tmp_path):
     m = export.load_model(name)
-    path = deploy.to_jax(m, tmp_path / "m.jaxexport")
-    # a fresh interpreter that never imports fastnst
-    code = ("import sys, numpy as np, jax; from jax import export; "
-            "e = export.deserialize(open(sys.argv[1], 'rb').read()); "
-            "assert 'fastnst' not in sys.modules; "
-            "xs = [np.load(sys.argv[2])[k] for k in ('a', 'b', 'c')]; "
-            "np.savez(sys.argv[3], *[np.asarray(e.call(x)) for x in xs])")
     xs = _inputs()
-    np.savez(tmp_path / "in.npz", a=xs[0], b=xs[1], c=np.concatenate([xs[2], xs[2][:, ::-1]]))
-    args = [sys.executable, "-c", code, str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    outs = np.load(tmp_path / "out.npz")
-    for i, x in enumerate((xs[0], xs[1], np.concatenate([xs[2], xs[2][:, ::-1]]))):
+    xs[2] = np.concatenate([xs[2], xs[2][:, ::-1]])  # a batch of two: polymorphic in the batch too
+    for x, y in zip(xs, run_exported_in_plain_jax(m, tmp_path, xs), strict=True):
         ref = np.asarray(stylize.apply(m, x))
-        assert np.abs(outs[f"arr_{i}"] - ref).max() <= 0.5
+        assert y.shape == ref.shape and np.abs(y - ref).max() <= JAX_EXPORT_MAX_DIFF
 
 
 def test_export_cli_errors_are_one_line(tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "bin/export", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
-
     for args, code, match in ((["--model=nope", "--format=onnx", f"--out={tmp_path}/m.onnx"], 1, "nope"),
                               (["--model=the_scream", "--format=tflite", f"--out={tmp_path}/m"], 2, "format"),
                               (["--model=the_scream", "--format=onnx", f"--out={tmp_path}"], 1, "folder")):
-        r = run(*args)
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-        assert r.returncode == code and len(lines) == 1 and match in lines[0], r.stderr
+        assert match in one_line_error(run_cli("bin/export", *args, timeout=300), code)
     assert not list(tmp_path.iterdir())

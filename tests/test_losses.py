@@ -95,19 +95,15 @@ def brightness_term():
 
 
 def test_a_new_term_is_one_function_and_one_config_key(brightness_term, vgg_params, tmp_path):
-    from fastnst import nets, train
-    from tests.helpers import tiny_config
+    from fastnst import train
+    from tests.helpers import tiny_config, tiny_step
 
     cfg = tiny_config(tmp_path)
     cfg.loss.brightness = 0.5  # the config key
-    spec = losses.LossSpec.from_config(cfg.loss)
-    assert spec.weight("brightness") == 0.5
-    net = nets.build(cfg.model.to_dict())
-    state = train.create_train_state(net, jax.random.key(0), lr=1e-3)
-    x = jnp.asarray(RNG.uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
-    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
-    pred = net.apply({"params": state.params}, x, train=True)
-    _, metrics = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec)
+    t = tiny_step(vgg_params, cfg)
+    assert t.spec.weight("brightness") == 0.5
+    pred = t.net.apply({"params": t.state.params}, t.x, train=True)
+    _, metrics = train.jit_train_step(t.state, t.batch, vgg_params, t.grams, t.spec)
     assert set(metrics) == {"loss", "content", "style", "tv", "brightness"}
     np.testing.assert_allclose(metrics["brightness"], 0.5 * float(jnp.mean(pred)) / 255.0, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"], sum(float(metrics[k]) for k in

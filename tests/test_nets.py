@@ -104,19 +104,33 @@ def test_residual_blocks_are_named_submodules():
     assert set(v["batch_stats"]["res4"]) == {"norm0", "norm1"}
 
 
-def test_shipped_v1_files_migrate_to_identical_outputs():
-    """The shipped files are format v1 (flat residual names); loading migrates them. Reference
-    outputs were computed by the v1 code (commit 5057fa2, with the tests' XLA settings) on the
-    same inputs: max abs diff 0."""
+# Max |diff| on 0..255 allowed against tests/data/shipped_outputs_v1.npz (written by the v1 code,
+# commit 5057fa2, with the tests' XLA settings; 0 on the machine that wrote it). Another CPU sums in
+# another order: 4x the largest spread measured here between summation orders of the same
+# computation (alone vs in a batch, jit vs op by op, XLA optimisation on vs off, SSE4.2 vs AVX2; see
+# docs/testing.md, results/tolerances.json). Spread: starry_night 5.5e-4 (an AVX-512/AMX machine
+# differed by 5.2e-4), the_scream 2.9e-3, sr_x4_feature 9.2e-5, sr_x4_pixel 4.6e-5.
+SHIPPED_REFERENCE_MAX_DIFF = {"starry_night": 2.2e-3, "the_scream": 1.2e-2, "sr_x4_feature": 3.7e-4,
+                              "sr_x4_pixel": 1.8e-4}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_REFERENCE_MAX_DIFF))
+def test_shipped_v1_files_migrate_to_the_reference_outputs(name, tmp_path):
+    """The shipped files are format v1 (flat residual names); loading migrates them. The migrated
+    model reproduces the v1 code's outputs to float32 rounding, and migrating is lossless: saved in
+    the current format and loaded again, it gives the same bits in this process."""
     from pathlib import Path
 
     from fastnst import export, stylize
 
     ref = np.load(Path(__file__).parent / "data" / "shipped_outputs_v1.npz")
-    for name in ("starry_night", "the_scream", "sr_x4_feature", "sr_x4_pixel"):
-        m = export.load_model(name)
-        x = ref["input_style"] if m.config["task"] == "style" else ref["input_sr"]
-        np.testing.assert_array_equal(np.asarray(stylize.apply(m, x)), ref[name])
+    m = export.load_model(name)
+    x = ref["input_style"] if m.config["task"] == "style" else ref["input_sr"]
+    y = np.asarray(stylize.apply(m, x))
+    assert y.shape == ref[name].shape
+    assert np.abs(y - ref[name]).max() <= SHIPPED_REFERENCE_MAX_DIFF[name]
+    again = export.load_model(export.save_model(tmp_path / "m.msgpack", m.config, m.variables, meta=m.meta))
+    np.testing.assert_array_equal(np.asarray(stylize.apply(again, x)), y)
 
 
 def test_save_load_roundtrip_in_current_format(tmp_path):

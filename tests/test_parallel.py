@@ -1,21 +1,15 @@
 """Data parallelism over several devices equals one device; bf16 compute; per-process data slices;
 COCO through TFDS (skipped without the `tfds` extra)."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import data, losses, nets, train
-from tests.helpers import tiny_config, write_photos
-
-ROOT = Path(__file__).resolve().parents[1]
+from fastnst import data, train
+from tests.helpers import run_cli, tiny_config, tiny_step, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
     import sys
@@ -70,23 +64,18 @@ _TWO_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_devices_match_one(tmp_path, weights_cache):
-    r = subprocess.run([sys.executable, "-c", _TWO_DEVICES, str(tmp_path)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    r = run_cli("-c", _TWO_DEVICES, tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_path):
     cfg = tiny_config(tmp_path)
-    spec = losses.LossSpec.from_config(cfg.loss)
-    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
-    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
     out = {}
     for dtype in ("float32", "bfloat16"):
-        net = nets.build(cfg.model.to_dict(), dtype=jnp.dtype(dtype))
-        state = train.create_train_state(net, jax.random.key(0), lr=1e-3)
-        state, m = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec,
-                                        None, dtype)
+        t = tiny_step(vgg_params, cfg, dtype=dtype)
+        state, m = train.jit_train_step(t.state, t.batch, vgg_params, t.grams, t.spec, None, dtype)
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
         assert all(np.asarray(v).dtype == np.float32 and np.isfinite(float(v)) for v in m.values())
         out[dtype] = {k: float(v) for k, v in m.items()}

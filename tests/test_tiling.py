@@ -8,15 +8,14 @@ import pytest
 from fastnst import export, nets, stylize, tiling
 from fastnst.errors import ConfigError
 
-RNG = np.random.default_rng(0)
 
-
-def _model(task="style", norm="batch", **opts):
+def _model(task="style", norm="batch", seed=0, **opts):
     cfg = nets.model_config({"task": task, "norm": norm, "width": 0.25, **opts})
     net = nets.build(cfg)
     v = nets.init(net, jax.random.key(1), size=64, scale=net_scale(cfg))
     if "batch_stats" in v:  # non-trivial running statistics, as after training
-        v["batch_stats"] = jax.tree.map(lambda a: a + jnp.asarray(RNG.uniform(0.1, 0.5, a.shape), a.dtype),
+        rng = np.random.default_rng(seed)  # each test's inputs fixed, whatever ran before it
+        v["batch_stats"] = jax.tree.map(lambda a: a + jnp.asarray(rng.uniform(0.1, 0.5, a.shape), a.dtype),
                                         v["batch_stats"])
     return export.Model(config=cfg, variables=v, meta={})
 
@@ -25,23 +24,37 @@ def net_scale(cfg):
     return cfg["scale"] if cfg["task"] == "sr" else 1
 
 
-def _photo(h, w):
-    small = RNG.uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.float32)
+def _photo(h, w, seed=0):
+    small = np.random.default_rng(seed).uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.float32)
     from fastnst import images
 
     return np.clip(images.resize(small, (h, w), method="bicubic"), 0, 255)
 
 
-@pytest.mark.parametrize("task,norm,size,tile", [
-    ("style", "batch", (75, 61), 20), ("style", "instance", (71, 83), 24),
-    ("sr", "batch", (29, 23), 10), ("sr", "instance", (26, 31), 12)])
+# Tiled vs whole-image output on 0..255 (docs/tiling.md, docs/testing.md, results/tolerances.json).
+# Measured on this CPU over CASES, with XLA optimisation on and off: batch norm 0 (every window has
+# one shape), instance norm max 4.0e-4, mean 5.7e-5 (the statistics are summed tile by tile). Bounds:
+# 4x the largest, the margin docs/testing.md derives for other CPUs' kernels.
+TILED_MAX_DIFF = 1.6e-3
+TILED_MEAN_DIFF = 2.3e-4
+
+# odd sizes, tiles that do not divide the image
+CASES = [("style", "batch", (75, 61), 20), ("style", "instance", (71, 83), 24),
+         ("sr", "batch", (29, 23), 10), ("sr", "instance", (26, 31), 12)]
+
+
+def whole_and_tiled(m, x, tile):
+    whole = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(x[None])))[0]
+    return whole, tiling.apply_tiled(m.net, m.variables, x, tile=tile)
+
+
+@pytest.mark.parametrize("task,norm,size,tile", CASES)
 def test_tiled_equals_whole_image(task, norm, size, tile):
     m = _model(task, norm)
     x = _photo(*size)
-    whole = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(x[None])))[0]
-    tiled = tiling.apply_tiled(m.net, m.variables, x, tile=tile)
+    whole, tiled = whole_and_tiled(m, x, tile)
     assert tiled.shape == whole.shape
-    assert np.abs(tiled - whole).max() <= 0.5 and np.abs(tiled - whole).mean() < 0.01
+    assert np.abs(tiled - whole).max() <= TILED_MAX_DIFF and np.abs(tiled - whole).mean() <= TILED_MEAN_DIFF
 
 
 def test_receptive_radius_bounds_the_influence_of_one_pixel():
@@ -67,17 +80,21 @@ def test_receptive_radius_bounds_the_influence_of_one_pixel():
     assert tiling.receptive_radius(nets.build({"task": "style"})) == 57
 
 
+def over_budget_case(m):
+    """A 360x280 photo with a budget that holds one window of a 64 px core, not the image."""
+    big = np.asarray(jax.image.resize(jnp.asarray(_photo(90, 70)), (360, 280, 3), "linear"))
+    budget = tiling.activation_bytes(m.net, 200, 200)
+    assert not tiling.fits(m.net, *big.shape[:2], budget)
+    ref = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(big[None])))[0]
+    return big, budget, ref
+
+
 def test_apply_tiles_when_over_budget_and_refuses_a_budget_too_small():
     m = _model("style", "batch")
-    x = _photo(90, 70)
-    whole = np.asarray(stylize.apply(m, x))
-    budget = tiling.activation_bytes(m.net, 200, 200)  # room for one window of a 64 px core, not the image
-    assert not tiling.fits(m.net, 90 * 4, 70 * 4, budget)
-    big = np.asarray(jax.image.resize(jnp.asarray(x), (360, 280, 3), "linear"))
+    assert np.asarray(stylize.apply(m, _photo(90, 70))).shape == (90, 70, 3)
+    big, budget, ref = over_budget_case(m)
     tiled = np.asarray(stylize.apply(m, big, budget=budget))
-    ref = np.asarray(stylize.forward(m.net, m.variables, jnp.asarray(big[None])))[0]
-    assert np.abs(tiled - ref).max() <= 0.5
-    assert whole.shape == x.shape
+    assert np.abs(tiled - ref).max() <= TILED_MAX_DIFF
     with pytest.raises(ConfigError, match="too small for one tile"):
         stylize.apply(m, big, budget=1000)
 

@@ -3,12 +3,11 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import data, export, losses, nets, train
-from tests.helpers import tiny_config, write_photos
+from fastnst import data, export, train
+from tests.helpers import tiny_config, tiny_step, write_photos
 
 
 def _allclose_trees(a, b):
@@ -16,14 +15,9 @@ def _allclose_trees(a, b):
 
 
 def test_train_step_learns_and_touches_only_the_net(vgg_params, tmp_path):
-    cfg = tiny_config(tmp_path)
-    net = nets.build(cfg.model.to_dict())
-    state = train.create_train_state(net, jax.random.key(0), lr=1e-2)
-    spec = losses.LossSpec.from_config(cfg.loss)
     style = np.asarray(jax.random.uniform(jax.random.key(3), (48, 48, 3)) * 255)
-    grams = train.style_targets(vgg_params, style, spec.style_layers, 48)
-    batch = {"input": jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)}
-    batch["target"] = batch["input"]
+    t = tiny_step(vgg_params, tiny_config(tmp_path), lr=1e-2, style=style)
+    state, spec, grams, batch = t.state, t.spec, t.grams, t.batch
     vgg_before = jax.tree.map(np.array, vgg_params)
     grams_before = jax.tree.map(np.array, grams)
     params0 = jax.tree.map(np.array, state.params)
@@ -62,12 +56,15 @@ def test_resume_gives_bit_identical_parameters(tmp_path, weights_cache):
 def test_nan_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path, weights_cache):
     from fastnst.errors import FastnstError
 
-    cfg = tiny_config(tmp_path, steps=6)
-    cfg.train.lr = 1e30  # Adam with an absurd step size blows the parameters up
+    cfg = tiny_config(tmp_path, steps=2)
+    work = tmp_path / "nan"
+    train.train_and_evaluate(cfg, work, progress=False)  # a good checkpoint at step 2
+    cfg.train.update(steps=6, lr=1e30)  # allowed on resume; Adam's absurd steps blow the parameters up
     with pytest.raises(FastnstError, match="not finite"):
-        train.train_and_evaluate(cfg, tmp_path / "nan", progress=False)
-    for d in (tmp_path / "nan" / "checkpoints").iterdir():
-        assert d.name.isdigit()
+        train.train_and_evaluate(cfg, work, progress=False)
+    assert [d.name for d in (work / "checkpoints").iterdir() if d.name.isdigit()] == ["2"]
+    cfg.train.lr = 1e-3  # what the message says to do: the run goes on from the good checkpoint
+    assert train.train_and_evaluate(cfg, work, progress=False).step == 6
 
 
 def test_corrupt_files_are_skipped_and_counted(tmp_path):

@@ -1,9 +1,6 @@
 """Video: frames, rate, size and audio survive bin/stylize; the warping error is right on known
 motion; bad files give one line; the stability term matches NumPy."""
 
-import os
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 
 from fastnst import losses, nets, temporal, train
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,15 +47,10 @@ def _probe(path):
                 "audio": [s.codec_context.name for s in c.streams.audio]}
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
 @pytest.mark.parametrize("vfr", [False, True])
 def test_stylize_keeps_frames_rate_timestamps_size_and_audio(tmp_path, vfr):
     src = _clip(tmp_path / "in.mp4", vfr=vfr)
-    r = _run("bin/stylize", "--model=the_scream", str(src), f"--out={tmp_path / 'out.mp4'}", "--batch-size=4")
+    r = run_cli("bin/stylize", "--model=the_scream", src, f"--out={tmp_path / 'out.mp4'}", "--batch-size=4")
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _probe(src), _probe(tmp_path / "out.mp4")
     if vfr:  # the container's average rate is an estimate from durations; every timestamp matches
@@ -71,7 +64,7 @@ def test_animated_gif_in_and_out(tmp_path):
 
     frames = [Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)) for i in range(4)]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=100)
-    r = _run("bin/stylize", "--model=the_scream", str(tmp_path / "a.gif"), f"--out={tmp_path / 'o'}")
+    r = run_cli("bin/stylize", "--model=the_scream", str(tmp_path / "a.gif"), f"--out={tmp_path / 'o'}")
     assert r.returncode == 0, r.stderr[-2000:]
     with Image.open(tmp_path / "o" / "a.gif") as im:
         assert im.n_frames == 4 and im.size == (24, 20)
@@ -84,7 +77,7 @@ def test_animated_gif_in_and_out(tmp_path):
 def test_bad_video_files_get_one_line(tmp_path, make, match):
     src = tmp_path / "bad.mp4"
     make(src)
-    r = _run("bin/stylize", "--model=the_scream", str(src), f"--out={tmp_path / 'out.mp4'}")
+    r = run_cli("bin/stylize", "--model=the_scream", str(src), f"--out={tmp_path / 'out.mp4'}")
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and match in lines[0], r.stderr
     assert not (tmp_path / "out.mp4").exists()
@@ -159,24 +152,34 @@ def test_shifted_stability_compares_the_same_content():
 
 
 def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
-    from tests.helpers import tiny_config
+    """The perturbation of step s is drawn with fold_in(rng, s): the metric equals the term
+    evaluated with that draw, so a step key that were ignored (or not folded with the step) fails."""
+    from tests.helpers import tiny_config, tiny_step
 
     cfg = tiny_config(tmp_path)
     cfg.loss.stability = 0.01
-    spec = losses.LossSpec.from_config(cfg.loss)
-    state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
-    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
-    grams = train.style_targets(vgg_params, np.asarray(x[0]), spec.style_layers, 32)
+    t = tiny_step(vgg_params, cfg)
     with pytest.raises(ValueError, match="rng"):
-        train.train_step(state, {"input": x, "target": x}, vgg_params, grams, spec)
-    _, m1 = train.jit_train_step(state, {"input": x, "target": x}, vgg_params, grams, spec, jax.random.key(1))
-    assert float(m1["stability"]) > 0 and "stability" in m1
+        train.train_step(t.state, t.batch, vgg_params, t.grams, t.spec)
+    variables = train.variables_of(t.state)
+
+    def metric(step, key, spec=t.spec):
+        state = jax.tree.map(jnp.copy, t.state).replace(step=jnp.asarray(step, jnp.int32))
+        return float(train.jit_train_step(state, t.batch, vgg_params, t.grams, spec, key)[1]["stability"])
+
+    def expected(step, key):
+        noisy, _ = losses.perturb(t.x, jax.random.fold_in(key, step), t.spec.stability_noise)
+        a, b = (np.asarray(t.net.apply(variables, v, train=True), np.float64) for v in (t.x, noisy))
+        return 0.01 * np.mean((a - b) ** 2)
+
+    got = {(s, k): metric(s, jax.random.key(k)) for s, k in ((0, 1), (3, 1), (0, 2))}
+    for (s, k), v in got.items():
+        assert v == pytest.approx(expected(s, jax.random.key(k)), rel=1e-4), (s, k)
+    assert len({round(v, 9) for v in got.values()}) == 3  # each step and each run key draws anew
     cfg.loss.stability_shift = 3  # the shifted variant runs through the jitted step too
     shifted = losses.LossSpec.from_config(cfg.loss)
-    state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)  # donated
-    batch = {"input": x, "target": x}
-    _, m2 = train.jit_train_step(state, batch, vgg_params, grams, shifted, jax.random.key(1))
-    assert np.isfinite(float(m2["stability"])) and float(m2["stability"]) > 0
+    v = metric(0, jax.random.key(1), shifted)
+    assert np.isfinite(v) and v > 0
 
 
 def test_video_benchmark_row_is_complete():
