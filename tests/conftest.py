@@ -9,6 +9,18 @@ import pytest
 # Test graphs are tiny: compile time dominates, so skip most XLA optimisation passes.
 jax.config.update("jax_disable_most_optimizations", True)
 
+# ... and keep compiled programs between runs (a developer reruns the suite often): JAX's persistent
+# compilation cache in .jax_cache/ (git-ignored; `make clean` removes it), for this process and,
+# through the environment, the CLIs the tests start. An executable loaded from the cache is the one
+# compiled before, so results are the same bits; the key covers the program, the XLA flags and the
+# jax version. Set JAX_COMPILATION_CACHE_DIR to use another folder.
+_ROOT = Path(__file__).resolve().parents[1]
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fastnst import images
 from tests.helpers import run_cli, tiny_config
@@ -10,6 +11,7 @@ from tests.helpers import run_cli, tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_then_stylize(tmp_path, weights_cache):
     cfg = tiny_config(tmp_path, steps=4)
     work = tmp_path / "run"

@@ -26,6 +26,7 @@ def test_shipped_models_by_name():
         stylize.load_model("no_such_style")
 
 
+@pytest.mark.slow
 def test_bench_table_smoke(tmp_path):
     rows = bench.table1(SPEC, (32,), quick=1, repeats=1)
     r = rows[0]
