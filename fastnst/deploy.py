@@ -32,6 +32,7 @@ from fastnst.images import atomic_write_bytes
 
 OPSET = 17
 FORMATS = ("onnx", "jax")
+SUFFIXES = {"onnx": ".onnx", "jax": ".jaxexport"}  # the file name an export must have, per format
 METADATA = {"layout": "NHWC", "range": "0..255", "color": "RGB", "dtype": "float32"}
 
 

@@ -148,6 +148,11 @@ def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray 
     return Result(np.asarray(x), np.asarray(values))
 
 
+def side_files(out: Path) -> tuple[Path, Path]:
+    """The objective's CSV and plot written next to the image `out`."""
+    return out.with_name(out.stem + "_objective.csv"), out.with_name(out.stem + "_objective.png")
+
+
 def save_result(result: Result, out: str | os.PathLike) -> Path:
     """Writes the image to `out`, and OUT_objective.csv / OUT_objective.png (objective per iteration)."""
     from fastnst import images, plots
@@ -155,8 +160,9 @@ def save_result(result: Result, out: str | os.PathLike) -> Path:
     out = images.save_image(out, result.image)
     rows = [{"iteration": i, "objective": float(v)} for i, v in enumerate(result.objective)]
     csv = "iteration,objective\n" + "".join(f"{r['iteration']},{r['objective']:.6g}\n" for r in rows)
-    images.atomic_write_bytes(out.with_name(out.stem + "_objective.csv"), csv.encode())
-    plots.loss_curves(rows, out.with_name(out.stem + "_objective.png"), x="iteration")
+    objective_csv, objective_png = side_files(out)
+    images.atomic_write_bytes(objective_csv, csv.encode())
+    plots.loss_curves(rows, objective_png, x="iteration")
     return out
 
 
@@ -220,6 +226,8 @@ def optimize_files(spec: losses.LossSpec, *, content: str | None, style: str | N
     if photo is None and size < 32:
         raise FastnstError("--size must be at least 32 (VGG-16's smallest input)")
     out = images.check_output_path(out)  # fail now, not after 500 iterations
+    for written in (out, *side_files(out)):
+        images.check_not_an_input(written, [content, style])
     images.check_writable_folder(out.parent)
     c, s = (photo, art) if not preserve_color else luminance_inputs(photo, art)
     bar = tqdm(total=iters, unit="it", disable=not progress)

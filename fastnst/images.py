@@ -148,6 +148,15 @@ def _mkdir(folder: Path) -> None:
         raise OutputError(f"{folder}: cannot create folder ({e.strerror})") from None
 
 
+def check_not_an_input(out: str | os.PathLike, inputs) -> None:
+    """Raises OutputError when writing `out` would replace one of the files `inputs` (compared
+    after resolving links), so a command never destroys what it reads."""
+    target = Path(out).resolve()
+    for src in inputs:
+        if src and Path(src).is_file() and Path(src).resolve() == target:
+            raise OutputError(f"{out} would overwrite an input ({src}); choose another --out")
+
+
 def check_writable_folder(folder: str | os.PathLike) -> Path:
     """Fails early if `folder` cannot be created or written (checked on its nearest existing parent)."""
     folder = Path(folder)

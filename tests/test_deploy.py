@@ -75,8 +75,21 @@ def test_jax_export_runs_with_plain_jax(name, tmp_path):
 
 
 def test_export_cli_errors_are_one_line(tmp_path):
-    for args, code, match in ((["--model=nope", "--format=onnx", f"--out={tmp_path}/m.onnx"], 1, "nope"),
-                              (["--model=the_scream", "--format=tflite", f"--out={tmp_path}/m"], 2, "format"),
-                              (["--model=the_scream", "--format=onnx", f"--out={tmp_path}"], 1, "folder")):
-        assert match in one_line_error(run_cli("bin/export", *args, timeout=300), code)
-    assert not list(tmp_path.iterdir())
+    mine = tmp_path / "mine.msgpack"
+    mine.write_bytes(export.resolve("the_scream").read_bytes())
+    out, converted = tmp_path / "out", mine.with_suffix(".onnx")
+    for args, code, match in ((["--model=nope", "--format=onnx", f"--out={out}/m.onnx"], 1, "nope"),
+                              (["--model=the_scream", "--format=tflite", f"--out={out}/m"], 2, "format"),
+                              (["--model=the_scream", "--format=onnx", f"--out={tmp_path}"], 1, "folder"),
+                              (["--model=the_scream", "--format=jax", f"--out={out}/m.onnx"], 1, "jaxexport"),
+                              (["--model=the_scream", "--format=onnx", f"--out={out}/m.msgpack"], 1, ".onnx"),
+                              ([f"--model={mine}", "--format=onnx", f"--out={converted}"], 0, ""),
+                              ([f"--model={converted}", "--format=onnx", f"--out={converted}"], 1,
+                               "would overwrite an input")):
+        r = run_cli("bin/export", *args, timeout=300)
+        if code:
+            assert match in one_line_error(r, code), args
+        else:
+            assert r.returncode == 0, r.stderr[-1000:]
+    assert not out.exists()
+    assert mine.read_bytes() == export.resolve("the_scream").read_bytes()

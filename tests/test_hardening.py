@@ -173,9 +173,15 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
              (["--content", str(tiny), "--iters=0", "--out", str(tmp_path / "o.png")], "--iters", 2),
              (["--style-weight=0", "--content-weight=0", "--tv-weight=0", "--out", str(tmp_path / "o.png")],
               "every loss weight is 0", 1)]
+    photo = images.save_image(tmp_path / "photo.png", np.full((40, 40, 3), 100.0))
+    side = images.save_image(tmp_path / "p_objective.png", np.full((40, 40, 3), 100.0))
+    cases += [(["--content", str(photo), "--style", str(side), "--iters=1", "--out", str(photo)],
+               "would overwrite an input", 1),  # the image itself
+              (["--content", str(photo), "--style", str(side), "--iters=1", "--out", str(tmp_path / "p.png")],
+               "would overwrite an input", 1)]  # the objective plot written next to it
     for args, match, code in cases:
         assert match in one_line_error(run_cli("bin/optimize", *args), code)
-    assert not (tmp_path / "o.png").exists()
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "p.png").exists()
 
 
 # --------------------------------------------------------------------------- bad model files
@@ -233,6 +239,24 @@ def test_fuzzed_model_files_never_raise_anything_but_weights_error(tmp_path):
 
 
 # --------------------------------------------------------------------------- crash leftovers
+
+def test_time_limit_stop_logs_each_step_once_and_exports(tmp_path, weights_cache):
+    """A time limit that runs out right after a log step: the stop's checkpoint must not log that
+    step a second time (it once did), the model is exported, and a longer limit resumes."""
+    import time
+
+    cfg = tiny_config(tmp_path, steps=6)
+    cfg.train.update(log_every=1, ckpt_every=100, time_limit_s=2)
+    work = tmp_path / "run"
+    first = train.train_and_evaluate(cfg, work, progress=False,
+                                     on_step=lambda s, _: s == 2 and time.sleep(2.5))  # the limit passes
+    assert not first.interrupted and 1 <= first.step <= 2 and first.model_path is not None  # 1: slow compile
+    assert export.load_model(first.model_path).meta["steps"] == first.step
+    cfg.train.time_limit_s = 0  # none: a harmless change on resume
+    assert train.train_and_evaluate(cfg, work, progress=False).step == 6
+    steps = [json.loads(ln)["step"] for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
 
 def test_torn_metrics_line_and_pruning_leftovers_do_not_break_resume(tmp_path, weights_cache):
     cfg = tiny_config(tmp_path, steps=4)
