@@ -20,6 +20,7 @@ def one_line_errors(main):
         interrupt_on_sigterm()
         try:
             import_native_code()
+            check_environment()
             return main(*args, **kwargs)
         except FastnstError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -29,6 +30,13 @@ def one_line_errors(main):
             _exit_now(130)
         except MemoryError:
             print("error: out of memory; use a smaller --max-size or --memory-budget", file=sys.stderr)
+            return 1
+        except RuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):  # only the device's out-of-memory is a user matter
+                raise
+            print("error: the device ran out of memory; lower --memory-budget (or "
+                  "FASTNST_MEMORY_BUDGET_MB), --max-size or --batch-size (train.batch_size when "
+                  "training)", file=sys.stderr)
             return 1
 
     return wrapper
@@ -67,6 +75,45 @@ def import_native_code() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def check_environment() -> None:
+    """Validates fastnst's environment variables before any work (a bad value is a one-line error)."""
+    from fastnst import tiling
+
+    tiling.env_budget()
+
+
+def at_least(n: int):
+    """An argparse type: an integer >= n."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < n:
+            raise argparse.ArgumentTypeError(f"must be >= {n}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {n}"
+    return parse
+
+
+positive_int = at_least(1)
+
+
+def int_list(n: int):
+    """An argparse type: comma-separated integers, each >= n."""
+    one = at_least(n)
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers")
+        return tuple(one(p.strip()) for p in parts)
+
+    parse.__name__ = f"list of integers >= {n}"
+    return parse
+
+
 def interrupt_on_sigterm() -> None:
     """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) from start-up on, so it is never silent."""
     try:
@@ -82,17 +129,6 @@ class Parser(argparse.ArgumentParser):
         """One line on stderr, exit status 2."""
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def unit_interval(text: str) -> float:

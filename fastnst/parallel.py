@@ -36,6 +36,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     anywhere; on SLURM, Open MPI or TPU pods JAX finds them itself."""
     if jax.distributed.is_initialized():
         return True
+    check_launch(coordinator, num_processes, process_id)
     if coordinator or (num_processes or 1) > 1 or any(os.environ.get(k) for k in _CLUSTER_ENV):
         # Cross-process collectives for CPU devices (GPU/TPU use their own); harmless elsewhere.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -43,6 +44,33 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                    process_id=process_id)
         return True
     return False
+
+
+def check_launch(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Refuses an impossible multi-process launch before anything connects (ConfigError, one line):
+    a process count below 1, a process index outside [0, count), a coordinator that is not
+    HOST:PORT or whose host does not resolve."""
+    import socket
+
+    from fastnst.errors import ConfigError
+
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"--num_processes must be >= 1, got {num_processes}")
+    if process_id is not None and not 0 <= process_id < (num_processes or 1):
+        raise ConfigError(f"--process_id must be in [0, {(num_processes or 1) - 1}] for "
+                          f"--num_processes={num_processes or 1}, got {process_id}")
+    if (num_processes or 1) > 1 and (coordinator is None or process_id is None) \
+            and not any(os.environ.get(k) for k in _CLUSTER_ENV):
+        raise ConfigError("--num_processes > 1 needs --coordinator=HOST:PORT and --process_id on every "
+                          "process")
+    if coordinator:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port))
+        except OSError:
+            raise ConfigError(f"--coordinator {coordinator}: cannot resolve host {host!r}") from None
 
 
 def make_mesh() -> Mesh:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastnst import nets
+from fastnst.errors import ConfigError
 
 
 def receptive_radius(net: nets.TransformNet) -> int:
@@ -69,11 +70,26 @@ def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
     return int(4 * floats)
 
 
+def env_budget() -> int | None:
+    """`$FASTNST_MEMORY_BUDGET_MB` in bytes (None when unset); ConfigError unless a positive number."""
+    text = os.environ.get("FASTNST_MEMORY_BUDGET_MB", "").strip()
+    if not text:
+        return None
+    try:
+        mb = float(text)
+    except ValueError:
+        mb = float("nan")
+    if not math.isfinite(mb) or mb <= 0:
+        raise ConfigError(f"FASTNST_MEMORY_BUDGET_MB must be a positive number of megabytes, got {text!r}")
+    return int(mb * 2**20)
+
+
 def default_budget() -> int:
     """Working-memory budget in bytes: half the accelerator's memory, or a quarter of the RAM
     (at most 1.5 GiB) on the CPU; `$FASTNST_MEMORY_BUDGET_MB` overrides."""
-    if os.environ.get("FASTNST_MEMORY_BUDGET_MB"):
-        return int(float(os.environ["FASTNST_MEMORY_BUDGET_MB"]) * 2**20)
+    env = env_budget()
+    if env:
+        return env
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform != "cpu" else None
     if stats and stats.get("bytes_limit"):

@@ -184,6 +184,51 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.parametrize("args,env,match,code", [
+    (["bin/bench", "--sizes=abc"], {}, "--sizes", 2),
+    (["bin/bench", "--sizes=0"], {}, "--sizes", 2),
+    (["bin/bench", "--quick=-2"], {}, "--quick", 2),
+    (["bin/bench", "--repeats=0"], {}, "--repeats", 2),
+    (["bin/eval_video", "--model=starry_night", "--style=x.png", "--frames=1"], {}, "--frames", 2),
+    (["bin/eval_video", "--model=starry_night", "--style=x.png", "--height=8"], {}, "--height", 2),
+    (["bin/stylize", "--model=the_scream", "x.png", "--out=o.png"], {"FASTNST_MEMORY_BUDGET_MB": "abc"},
+     "FASTNST_MEMORY_BUDGET_MB", 1),
+    (["bin/stylize", "--model=the_scream", "x.png", "--out=o.png"], {"FASTNST_MEMORY_BUDGET_MB": "-5"},
+     "FASTNST_MEMORY_BUDGET_MB", 1),
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=0"], {},
+     "--num_processes", 1),
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
+      "--process_id=5", "--coordinator=localhost:12345"], {}, "--process_id", 1),
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
+      "--process_id=0", "--coordinator=no-such-host.invalid:12345"], {}, "cannot resolve", 1),
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
+      "--process_id=0", "--coordinator=localhost"], {}, "HOST:PORT", 1),
+])
+def test_flags_and_environment_are_checked_before_any_work(tmp_path, args, env, match, code):
+    r = run_cli(*[a.format(t=tmp_path) for a in args], env=env, timeout=120)
+    assert match in one_line_error(r, code)
+    assert not (tmp_path / "w").exists()
+
+
+def test_device_out_of_memory_is_one_line(capsys):
+    from fastnst import cli
+
+    @cli.one_line_errors
+    def main():
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 GiB")
+
+    assert main() == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the device ran out of memory; lower --memory-budget")
+
+    @cli.one_line_errors
+    def bug():
+        raise RuntimeError("some internal failure")
+
+    with pytest.raises(RuntimeError, match="internal"):  # other runtime errors stay tracebacks: bugs
+        bug()
+
+
 # --------------------------------------------------------------------------- bad model files
 
 def _blob(path):
