@@ -5,8 +5,8 @@ batch, height and width (a scale x larger output for super-resolution).
 
 * ONNX (`to_onnx`): the graph is built node by node with `onnx.helper` from the model's
   parameters rather than traced by a converter: the network is a dozen standard operators
-  (Conv, ConvTranspose, Resize, BatchNormalization, InstanceNormalization, Pad, Slice, Tanh), and
-  fastnst's own CPU convolution forms (custom VJPs, padding tricks) would otherwise leak into the
+  (Conv, ConvTranspose, Resize, BatchNormalization, InstanceNormalization, Pad, Slice, Clip, Tanh),
+  and fastnst's own CPU convolution forms (custom VJPs, padding tricks) would otherwise leak into the
   graph. Height and width are dynamic (the padding to a multiple of the stride and the final crop
   are computed from the input's shape); the opset, layout and value range are written into the
   model's metadata. `dtype='float16'` stores the weights in float16 (half the file) and computes
@@ -31,6 +31,7 @@ from fastnst.export import Model
 from fastnst.images import atomic_write_bytes
 
 OPSET = 17
+_TANH_CLIP = 10.0
 FORMATS = ("onnx", "jax")
 SUFFIXES = {"onnx": ".onnx", "jax": ".jaxexport"}  # the file name an export must have, per format
 METADATA = {"layout": "NHWC", "range": "0..255", "color": "RGB", "dtype": "float32"}
@@ -162,6 +163,10 @@ def onnx_graph(model: Model, *, dtype: str = "float32"):
     x = _conv(g, x, params["conv_out"], pad=4, reflect=not paper)
     ends = g.op("Mul", [hw, g.const(np.array([factor, factor], np.int64))])
     x = g.op("Slice", [x, g.const(np.array([0, 0], np.int64)), ends, g.const(np.array([2, 3], np.int64))])
+    # Clip before Tanh: OpenCV's DNN module fuses Conv+Tanh into a kernel that returns NaN for large
+    # inputs (0.1% of the_scream's pixels where its output saturates). In float32 tanh(x) is
+    # exactly +-1 for |x| >= 10 (NumPy; XLA from 9), so clipping at +-10 changes no output value.
+    x = g.op("Clip", [x, g.const(np.float32(-_TANH_CLIP)), g.const(np.float32(_TANH_CLIP))])
     x = g.op("Mul", [g.op("Add", [g.op("Tanh", [x]), g.const(np.float32(1.0))]), g.const(np.float32(127.5))])
     g.nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[0, 2, 3, 1]))
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -57,11 +58,15 @@ def test_onnx_matches_fastnst_for_every_shipped_model(name, tmp_path):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["layout"] == "NHWC" and meta["range"] == "0..255" and meta["opset"] == str(deploy.OPSET)
     assert (tmp_path / "m.float16.onnx").stat().st_size < 0.6 * (tmp_path / "m.float32.onnx").stat().st_size
+    opencv = cv2.dnn.readNetFromONNX(str(tmp_path / "m.float32.onnx"))  # a third runtime
     for x in _inputs():
         ref = np.asarray(stylize.apply(m, x))
         for dtype, sess in sessions.items():
             y = sess.run(None, {"image": x})[0]
             assert y.shape == ref.shape and np.abs(y - ref).max() <= ONNX_MAX_DIFF, dtype
+        opencv.setInput(x)
+        y = opencv.forward()  # NaN where the output saturated, before the Clip ahead of Tanh
+        assert y.shape == ref.shape and not np.isnan(y).any() and np.abs(y - ref).max() <= ONNX_MAX_DIFF
 
 
 @pytest.mark.parametrize("name", ["the_scream", "sr_x4_feature"])
