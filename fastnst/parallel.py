@@ -73,6 +73,21 @@ def check_launch(coordinator: str | None, num_processes: int | None, process_id:
             raise ConfigError(f"--coordinator {coordinator}: cannot resolve host {host!r}") from None
 
 
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over every process of the job (one small all-gather; free with one process).
+
+    The train loop asks this before every step whether to stop (a signal to any process, or any
+    process's clock past the time limit), so all processes leave at the same step and save one
+    consistent checkpoint together; deciding alone leaves the others waiting in the next collective.
+    """
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of the job, axis `data` (automatic sharding propagation inside
     the step: the model code needs no sharding annotations)."""

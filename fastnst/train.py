@@ -223,14 +223,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
         images.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
-def prepare_workdir(workdir: Path, record: dict) -> None:
+def prepare_workdir(workdir: Path, record: dict, *, write: bool = True) -> None:
     """Creates `workdir` or checks that resuming it is safe, then records the config.
 
     A workdir that already holds checkpoints or a model remembers the config it was created with
     (`config.json`). A config that differs in what is trained (architecture, data, loss, VGG
     weights, batch, crop size, seed) is refused with one line naming the keys; harmless
     differences (see `schema.HARMLESS_ON_RESUME`) are allowed and appended to
-    `config_changes.jsonl`.
+    `config_changes.jsonl`. With `write=False` (processes other than 0) it only checks.
     """
     recorded_path = workdir / "config.json"
     ckpt = workdir / "checkpoints"
@@ -247,13 +247,14 @@ def prepare_workdir(workdir: Path, record: dict) -> None:
             more = f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""
             raise FastnstError(f"{workdir} holds a run with a different config ({shown}{more}); "
                                "rerun with its config.json values, or give a new --workdir to start fresh")
-        if harmless:
+        if harmless and write:
             line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "changes": {k: {"was": a, "now": b} for k, (a, b) in harmless.items()}}
             with open(workdir / "config_changes.jsonl", "a") as f:
                 f.write(json.dumps(line, default=str) + "\n")
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(recorded_path, record)
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_json(recorded_path, record)
 
 
 def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
@@ -289,9 +290,10 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     style_image = images.load_image(config.style_image) if spec.style_layers else None
     source = data.open_source(config.data)
     vgg_path = vgg.resolve_weights(cfg.get("vgg_weights") or None)
-    if writer:
-        prepare_workdir(workdir, {**cfg, "model": model_cfg,
-                                  "vgg_weights_sha256": weights_io.sha256(vgg_path)})
+    # Every process checks the (shared) workdir, so a refusal ends all of them before the first
+    # collective; only process 0 writes.
+    prepare_workdir(workdir, {**cfg, "model": model_cfg, "vgg_weights_sha256": weights_io.sha256(vgg_path)},
+                    write=writer)
 
     vgg_params = vgg.load_params(vgg_path)
     grams = style_targets(vgg_params, style_image, spec.style_layers, config.style_size) \
@@ -348,8 +350,10 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         with _StopFlag() as stop:
             it = batches.iterate(start)
             metrics = None
+            signalled = False
             for step in range(start + 1, tc.steps + 1):
-                if stop.set or time.monotonic() > deadline:
+                signalled, late = parallel.agree(stop.set, time.monotonic() > deadline)
+                if signalled or late:
                     break
                 batch = parallel.global_batch(next(it), mesh)
                 state, metrics = sharded_step(state, batch, vgg_params, grams, rng, spec, precision)
@@ -367,8 +371,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                 bar.update(1)
             if metrics is not None and mngr.latest_step() != result.step:  # stopped early
                 save(result.step, force=True)
-            # A time limit ends the run normally (exported); a signal leaves it to be resumed.
-            result.interrupted = stop.set and result.step < tc.steps
+            # A time limit ends the run normally (exported); a signal (to any process) leaves it to
+            # be resumed.
+            result.interrupted = signalled and result.step < tc.steps
     finally:
         mngr.wait_until_finished()
         mngr.close()

@@ -41,6 +41,18 @@ def tiny_config(tmp: Path, steps: int = 6):
     return c
 
 
+def train_cli_args(cfg, workdir) -> list[str]:
+    """`bin/train` arguments that run `cfg` (a `tiny_config`) from the command line."""
+    t = cfg.train
+    return ["bin/train", "--config=configs/style.py:runlocal", f"--workdir={workdir}", "--noprogress",
+            f"--config.data.folder={cfg.data.folder}", f"--config.style_image={cfg.style_image}",
+            f"--config.style_size={cfg.style_size}", f"--config.model.width={cfg.model.width}",
+            f"--config.data.holdout={cfg.data.holdout}", f"--config.train.image_size={t.image_size}",
+            f"--config.train.batch_size={t.batch_size}", f"--config.train.steps={t.steps}",
+            f"--config.train.log_every={t.log_every}", f"--config.train.ckpt_every={t.ckpt_every}",
+            f"--config.train.sample_every={t.sample_every}"]
+
+
 def tiny_step(vgg_params, cfg, *, lr: float = 1e-3, dtype: str = "float32", style=None, seed: int = 0):
     """Everything one call of the train step needs for `cfg` (e.g. `tiny_config`): the network, a
     fresh train state, the loss spec, a 2x32x32 batch (target = input) and the style Grams (of

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastnst import images
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import run_cli, tiny_config, train_cli_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,11 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_then_stylize(tmp_path, weights_cache):
     cfg = tiny_config(tmp_path, steps=4)
     work = tmp_path / "run"
-    r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={work}", "--noprogress",
-             f"--config.data.folder={cfg.data.folder}", f"--config.style_image={cfg.style_image}",
-             "--config.style_size=48", "--config.model.width=0.125", "--config.data.holdout=2",
-             "--config.train.image_size=32", "--config.train.batch_size=2", "--config.train.steps=4",
-             "--config.train.log_every=2", "--config.train.ckpt_every=2", "--config.train.sample_every=4")
+    r = run_cli(*train_cli_args(cfg, work))
     assert r.returncode == 0, r.stderr[-2000:]
     model = Path(r.stdout.strip().splitlines()[-1])
     assert model.is_file() and model.parent == work

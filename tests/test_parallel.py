@@ -1,7 +1,12 @@
 """Data parallelism over several devices equals one device; bf16 compute; per-process data slices;
 COCO through TFDS (skipped without the `tfds` extra)."""
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastnst import data, train
-from tests.helpers import run_cli, tiny_config, tiny_step, write_photos
+from tests.helpers import ROOT, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
     import sys
@@ -68,6 +73,84 @@ _TWO_DEVICES = textwrap.dedent("""
 def test_two_devices_match_one(tmp_path, weights_cache):
     r = run_cli("-c", _TWO_DEVICES, tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two(cfg, work, logs):
+    """The README's launch: the same bin/train command twice, process ids 0 and 1, one coordinator.
+    Their stderr goes to files in `logs` (a pipe nobody reads could block a process mid-run)."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    logs.mkdir(exist_ok=True)
+    return [subprocess.Popen([sys.executable, *train_cli_args(cfg, work), f"--coordinator=localhost:{port}",
+                              "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=open(logs / f"p{i}.err", "w"))
+            for i in (0, 1)]
+
+
+@pytest.fixture
+def reaped():
+    """A list to put started processes in; whatever is still running at the end is killed."""
+    procs = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _stderr(logs) -> list[str]:
+    return [(logs / f"p{i}.err").read_text() for i in (0, 1)]
+
+
+def _steps_logged(work) -> list[int]:
+    path = work / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(ln)["step"] for ln in lines if ln.endswith("}")]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_one_gets_sigterm_and_resume(tmp_path, weights_cache, reaped):
+    """SIGTERM to process 1 only: both processes leave at the same step, save one checkpoint
+    together and exit 130 with the same line (each once decided alone and process 0 waited
+    forever in the next collective); the same command resumes from that step."""
+    cfg = tiny_config(tmp_path, steps=500)
+    cfg.train.update(log_every=1, ckpt_every=1000, sample_every=1000)
+    work = tmp_path / "run"
+    procs = _launch_two(cfg, work, tmp_path / "logs")
+    reaped += procs
+    deadline = time.monotonic() + 400
+    while len(_steps_logged(work)) < 2:  # training is under way on both
+        assert all(p.poll() is None for p in procs), [e[-3000:] for e in _stderr(tmp_path / "logs")]
+        assert time.monotonic() < deadline, [e[-3000:] for e in _stderr(tmp_path / "logs")]
+        time.sleep(0.05)
+    procs[1].terminate()
+    sent = time.monotonic()
+    for p in procs:
+        p.wait(timeout=120)
+    gone_after = time.monotonic() - sent
+    errs = _stderr(tmp_path / "logs")
+    lines = [[ln for ln in err.splitlines() if ln.startswith("interrupted at step")] for err in errs]
+    assert [p.returncode for p in procs] == [130, 130], [err[-1500:] for err in errs]
+    assert len(lines[0]) == len(lines[1]) == 1 and lines[0] == lines[1], lines
+    assert gone_after < 60, gone_after
+    stopped = int(lines[0][0].split()[3].rstrip(";"))
+    assert 2 <= stopped < 500 and (work / "checkpoints" / str(stopped)).is_dir()
+    cfg.train.steps = stopped + 2  # the same command (a longer or shorter run is allowed) resumes
+    procs = _launch_two(cfg, work, tmp_path / "logs2")
+    reaped += procs
+    for p in procs:
+        p.wait(timeout=600)
+    assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for e in _stderr(tmp_path / "logs2")]
+    logged = _steps_logged(work)
+    assert logged[-3:] == [stopped, stopped + 1, stopped + 2] and logged == sorted(set(logged))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_path):
