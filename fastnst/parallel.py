@@ -73,6 +73,22 @@ def check_launch(coordinator: str | None, num_processes: int | None, process_id:
             raise ConfigError(f"--coordinator {coordinator}: cannot resolve host {host!r}") from None
 
 
+def barrier(name: str, timeout_s: int = 900) -> None:
+    """Waits until every process of the job gets here (no-op with one process).
+
+    Uses the coordination service (gRPC, with a timeout we choose), not a collective: the CPU
+    collectives (gloo) give up on a peer that has not connected within about 30 s, which a peer
+    still compiling on a loaded machine exceeds at the job's first collective ("Gloo context
+    initialization failed: Connect timeout", seen with two processes on one 2-core machine).
+    Called right before the first collective, so all processes reach it together.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client of jax.distributed.initialize (no public handle)
+
+    distributed.global_state.client.wait_at_barrier(f"fastnst:{name}", timeout_s * 1000)
+
+
 def agree(*flags: bool) -> tuple[bool, ...]:
     """Each flag OR-ed over every process of the job (one small all-gather; free with one process).
 

@@ -303,6 +303,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     init_rng, rng = jax.random.split(rng)  # rng: the stochastic loss terms' base key
     state = create_train_state(nets.build(model_cfg, dtype=jnp.dtype(precision)), init_rng, lr=tc.lr,
                                scale=scale)
+    parallel.barrier("set-up")  # every process set up before the first collective (see barrier)
     # (the run's key as raw key data: replicable across processes; fold_in accepts it)
     state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
                                                        mesh)
