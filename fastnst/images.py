@@ -112,7 +112,7 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's files are 0600
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's files are 0600
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -123,7 +123,7 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)

@@ -106,6 +106,7 @@ def process_video(src: str | os.PathLike, dst: str | os.PathLike, fn: Callable[[
         os.close(fd)
         try:
             result = _transcode(av, inp, tmp, suffix, fn, batch_size, max_size, progress, src)
+            os.chmod(tmp, images.FILE_MODE)  # the mode an image output gets, not mkstemp's 0600
             os.replace(tmp, dst)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -58,6 +58,10 @@ def test_stylize_keeps_frames_rate_timestamps_size_and_audio(tmp_path, vfr):
         a.pop("rate"), b.pop("rate")
     assert a == b  # frame count, every timestamp, size, rate, time base, audio
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    from fastnst import images
+
+    image = images.save_image(tmp_path / "image.png", np.zeros((4, 4, 3)))
+    assert (tmp_path / "out.mp4").stat().st_mode & 0o777 == image.stat().st_mode & 0o777 == images.FILE_MODE
 
 
 def test_animated_gif_in_and_out(tmp_path):
