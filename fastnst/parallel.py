@@ -37,13 +37,18 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if jax.distributed.is_initialized():
         return True
     check_launch(coordinator, num_processes, process_id)
-    if coordinator or (num_processes or 1) > 1 or any(os.environ.get(k) for k in _CLUSTER_ENV):
+    if coordinator or (num_processes or 1) > 1 or _in_cluster():
         # Cross-process collectives for CPU devices (GPU/TPU use their own); harmless elsewhere.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
         return True
     return False
+
+
+def _in_cluster() -> bool:
+    """Whether a cluster environment that JAX recognises describes the job."""
+    return any(os.environ.get(k) for k in _CLUSTER_ENV)
 
 
 def check_launch(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
@@ -59,8 +64,7 @@ def check_launch(coordinator: str | None, num_processes: int | None, process_id:
     if process_id is not None and not 0 <= process_id < (num_processes or 1):
         raise ConfigError(f"--process_id must be in [0, {(num_processes or 1) - 1}] for "
                           f"--num_processes={num_processes or 1}, got {process_id}")
-    if (num_processes or 1) > 1 and (coordinator is None or process_id is None) \
-            and not any(os.environ.get(k) for k in _CLUSTER_ENV):
+    if (num_processes or 1) > 1 and (coordinator is None or process_id is None) and not _in_cluster():
         raise ConfigError("--num_processes > 1 needs --coordinator=HOST:PORT and --process_id on every "
                           "process")
     if coordinator:

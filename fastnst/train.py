@@ -328,7 +328,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
 
     def log(step, metrics):
         nonlocal t_last, n_last
-        if step == n_last and result.last_metrics:  # already logged (a stop right after a log step)
+        if step == n_last:  # already logged (a stop right after a log step); steps here are > start
             return
         host = _check_finite(metrics, state, step, mngr)
         rate = (step - n_last) * tc.batch_size / max(time.perf_counter() - t_last, 1e-9)

@@ -89,10 +89,14 @@ def _launch_two(cfg, work, logs):
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     logs.mkdir(exist_ok=True)
-    return [subprocess.Popen([sys.executable, *train_cli_args(cfg, work), f"--coordinator=localhost:{port}",
-                              "--num_processes=2", f"--process_id={i}"], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=open(logs / f"p{i}.err", "w"))
-            for i in (0, 1)]
+    procs = []
+    for i in (0, 1):
+        with open(logs / f"p{i}.err", "w") as err:  # the child keeps its own handle
+            procs.append(subprocess.Popen([sys.executable, *train_cli_args(cfg, work),
+                                           f"--coordinator=localhost:{port}", "--num_processes=2",
+                                           f"--process_id={i}"], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    return procs
 
 
 @pytest.fixture
