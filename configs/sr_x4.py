@@ -34,7 +34,7 @@ def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigD
         content=1.0 if feature else 0.0, style=0.0, pixel=0.0 if feature else 1.0, tv=2e-5))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=288, steps=200_000, lr=1e-3,
-        log_every=100, ckpt_every=2000, keep=3, sample_every=5000, time_limit_s=0,
+        log_every=100, ckpt_every=2000, keep=3, sample_every=5000, time_limit_s=0.0,
         precision="float32"))  # or "bfloat16": bf16 compute, float32 parameters/optimizer/losses
     if a["runlocal"]:
         c.model.width = 0.5

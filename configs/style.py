@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=256, steps=40_000, lr=1e-3,
-        log_every=50, ckpt_every=1000, keep=3, sample_every=2000, time_limit_s=0,
+        log_every=50, ckpt_every=1000, keep=3, sample_every=2000, time_limit_s=0.0,
         precision="float32"))  # or "bfloat16": bf16 compute, float32 parameters/optimizer/losses
 
     if a["runlocal"]:

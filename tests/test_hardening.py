@@ -291,7 +291,7 @@ def test_time_limit_stop_logs_each_step_once_and_exports(tmp_path, weights_cache
     import time
 
     cfg = tiny_config(tmp_path, steps=6)
-    cfg.train.update(log_every=1, ckpt_every=100, time_limit_s=2)
+    cfg.train.update(log_every=1, ckpt_every=100, time_limit_s=2.0)  # seconds need not be whole
     work = tmp_path / "run"
     first = train.train_and_evaluate(cfg, work, progress=False,
                                      on_step=lambda s, _: s == 2 and time.sleep(2.5))  # the limit passes
