@@ -39,13 +39,13 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     """Runs the network on NHWC (or HWC) images in [0, 255]; returns them in [0, 255] (x scale for SR).
 
     The batch runs whole when it fits `budget` bytes of working memory (default
-    `tiling.default_budget()`), else image by image, and images that do not fit alone run in
-    tiles; all give the same result.
+    `tiling.default_budget()`), else image by image, and images that do not fit alone run stage
+    by stage in windows (`tiling.apply_tiled`); all give the same result.
 
     Raises:
-      ConfigError: the budget is too small for even one tile.
+      ConfigError: the budget is too small for even one window.
     """
-    x = batch if isinstance(batch, jax.Array) else np.asarray(batch, np.float32)
+    x = batch if isinstance(batch, jax.Array) else np.asarray(batch)  # float32 per window when tiled
     single = x.ndim == 3
     x = x[None] if single else x
     chex.assert_rank(x, 4)
@@ -59,12 +59,7 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
         y = jnp.concatenate([forward(net, model.variables, jnp.asarray(x[i: i + 1], jnp.float32))
                              for i in range(n)])
     else:
-        tile = tiling.tile_size(net, budget)
-        if tile is None:
-            need = tiling.min_tile_bytes(net) / 2**20
-            raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
-                              f"(needs about {need:.0f} MB); raise the budget or use --max-size")
-        outs = [tiling.apply_tiled(net, model.variables, np.asarray(im), tile=tile) for im in x]
+        outs = [tiling.apply_tiled(net, model.variables, np.asarray(im), budget=budget) for im in x]
         y = outs[0][None] if n == 1 else np.stack(outs)  # host arrays: no device copy of a huge image
     return y[0] if single else y
 

@@ -1,60 +1,46 @@
-"""Inference on images of any size within a memory budget: overlapping tiles, stitched exactly.
+"""Inference on images of any size within a memory budget: the network run stage by stage, exactly.
 
-A transformation network in inference mode with batch norm is a pure convolutional map: an
-output pixel depends only on input pixels within the receptive-field radius `receptive_radius(net)`
-(57 px for the paper's style network, 15 px for its SR x4 network, computed from the
-architecture below). So each tile is run with a margin of at least that radius around its core
-and only the core is kept. The image is first padded to a multiple of the network's total stride
-exactly as the network pads it, and windows start on the stride grid and share one shape, so the
-stitched output equals the whole-image output up to float rounding (one compilation).
+A stage ends at every normalisation layer (and at the output). Stage k computes the input of
+norm layer k over the whole (padded) image, window by window, from the buffered inputs of the
+earlier norm layers it reads (found from the traced computation, not from a description of the
+architecture) and, for the first stage, the photo. Each window keeps only its core; the halo each
+stage needs is measured from the network (`_halo`: how far one input pixel's change reaches through
+that stage, a forward-mode derivative). Outputs go into a buffer per norm layer, in RAM while the
+budget allows and otherwise in an unlinked temporary file (gone when closed, after Ctrl-C, even
+after kill -9); a buffer is freed after the last stage that reads it.
 
-Instance norm normalises with statistics of the whole (padded) activation, which a tile does not
-see. `_exact_stats` computes them first, layer by layer: for each norm layer in execution order,
-every tile runs up to that layer (earlier layers normalised with their exact statistics) and sums
-its input over the tile's own share of the layer's activation (its core mapped onto the layer's
-grid, plus the border padding for tiles on the image's edge). Every tile is then normalised with
-the same statistics, so the stitched output equals whole-image inference too, at the cost of one
-partial pass per norm layer (docs/tiling.md has the measurements and the cheaper estimates that
-were tried and dropped).
+Instance norm needs whole-image statistics: stage k accumulates them while it writes layer k's
+buffer, per window over the part of the activation the window owns (the regions partition the
+layer, its padding included). Per window the device returns the count, mean and centred sum of
+squares in float32; windows are combined in float64 with Chan et al.'s pairwise update, so the
+variance never subtracts two large sums (E[x^2] - E[x]^2 would lose digits for channels whose mean
+is large next to their spread). The next stage normalises with them as it reads its windows.
+Batch norm in inference is pointwise: its stages need no statistics.
+
+Compute per pixel is the untiled network's plus each stage's small halo; every window of a stage
+has one shape (one compilation per stage). docs/tiling.md has the measurements.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
+import tempfile
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from fastnst import nets
 from fastnst.errors import ConfigError
 
 
-def receptive_radius(net: nets.TransformNet) -> int:
-    """How far (input pixels) an output pixel can see: sum over convs of (k // 2) x input stride."""
-    j, r = 1.0, 4.0  # conv_in 9x9
-    for _ in net.down:
-        r += j
-        j *= 2
-    r += net.num_res * 2 * j  # two 3x3 convs per residual block
-    for _ in net.up:
-        r += j  # a 3x3 (transposed or resize-) conv reaches one low-resolution pixel
-        j /= 2
-    r += 4 * j  # conv_out 9x9
-    return int(math.ceil(r))
-
-
-def margin(net: nets.TransformNet) -> int:
-    """The tile margin: the receptive radius rounded up to the total stride."""
-    mult = 2 ** len(net.down)
-    return -(-receptive_radius(net) // mult) * mult
-
-
 def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
-    """Bytes of all float32 activations of one h x w input: the sizing rule for tiles and budgets."""
+    """Bytes of all float32 activations of one h x w input run whole: the rule for whole-image runs."""
     pad = 2 * net.num_res * 2 ** len(net.down) if net.padding == "paper" else 0
     area = (h + 2 * pad) * (w + 2 * pad)
     floats = 3 * area + net.stem * area
@@ -107,206 +93,534 @@ def fits(net: nets.TransformNet, h: int, w: int, budget: int, batch: int = 1) ->
     return batch * activation_bytes(net, h + (-h % mult), w + (-w % mult)) <= budget
 
 
-def _tile_step(net: nets.TransformNet) -> int:
-    return 8 * 2 ** len(net.down)
+# --------------------------------------------------------------------------- the network's stages
+
+# Stages end where whole-image statistics are needed. Batch norm in inference is pointwise, so a
+# batch-norm network is one stage: the whole network per window (no buffers), with its full reach.
+_STATS_NORMS = (nn.InstanceNorm,)
+OUTPUT = "output"
 
 
-def min_tile_bytes(net: nets.TransformNet) -> int:
-    """The budget the smallest tile (core of `_tile_step` px plus its margins) needs."""
-    side = _tile_step(net) + 2 * margin(net)
-    return activation_bytes(net, side, side)
+def _norm_name(context) -> str | None:
+    """The path of a normalisation layer with whole-image statistics being called, else None."""
+    if isinstance(context.module, _STATS_NORMS) and context.method_name == "__call__":
+        return "/".join(context.module.path)
+    return None
 
 
-def tile_size(net: nets.TransformNet, budget: int) -> int | None:
-    """The largest tile core (a multiple of 8 x the stride) whose window fits the budget, or None
-    when not even the smallest does (`min_tile_bytes`)."""
-    step = _tile_step(net)
-    m = margin(net)
-    t = 0
-    while activation_bytes(net, t + step + 2 * m, t + step + 2 * m) <= budget and t < 1 << 15:
-        t += step
-    return t or None
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """The grid a stage writes: the input of one norm layer, or the network's output (`OUTPUT`)."""
+
+    name: str
+    channels: int
+    stride: float  # input pixels per layer pixel (1/scale after SR upsampling)
+    pad: int  # layer rows = input rows / stride + 2 pad (the network's own padding, shrunk by VALID convs)
+    stats: bool  # instance norm: normalised with whole-image statistics
+
+    def origin(self, y: int) -> int:
+        """The whole-image layer row of row 0 of a window that starts at input row `y`."""
+        return round(y / self.stride)
+
+    def size(self, n: int) -> int:
+        """Layer rows of an n-row input (or window)."""
+        return round(n / self.stride) + 2 * self.pad
 
 
-def _is_norm_call(context) -> bool:
-    return isinstance(context.module, nn.InstanceNorm) and context.method_name == "__call__"
+def _mult(net: nets.TransformNet) -> int:
+    return 2 ** len(net.down)
 
 
-def _normalise(m: nn.InstanceNorm, x, mean, var):
-    y = (x - mean) * jax.lax.rsqrt(var + m.epsilon)
-    return y * m.get_variable("params", "scale") + m.get_variable("params", "bias")
+@functools.lru_cache(maxsize=32)
+def _abstract_variables(net: nets.TransformNet):
+    return jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8 * _mult(net), 8 * _mult(net), 3)))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _plain_forward(net, variables, x):
-    return net.apply(variables, x)
+@functools.lru_cache(maxsize=8)
+def _probe_variables(net: nets.TransformNet):
+    """Weights of the network's shape for measuring halos, LeCun-normal kernels as at
+    initialisation, so that activations stay near unit scale and the output's tanh does not
+    saturate (a saturated pixel would hide how far a change reaches). Drawn with NumPy: compiling
+    the network's initialisers takes seconds."""
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", None)
+        if name == "kernel":
+            return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, _abstract_variables(net))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_with_stats(net, variables, x, stats):
-    """The network on a window with every instance norm using the given statistics."""
+@functools.lru_cache(maxsize=32)
+def border(net: nets.TransformNet) -> int:
+    """The network's own padding at the image's border, in input pixels (40 for the paper's style
+    network): the most by which any layer's input extends past the image, from two shape-only runs."""
+    seen: dict[str, list] = {}
 
     def interceptor(next_fun, args, kwargs, context):
-        if not _is_norm_call(context):
-            return next_fun(*args, **kwargs)
-        return _normalise(context.module, args[0], *stats["/".join(context.module.path)])
+        if args and getattr(args[0], "ndim", 0) == 4 and context.method_name == "__call__":
+            seen.setdefault("/".join(context.module.path), []).append(args[0].shape[1])
+        return next_fun(*args, **kwargs)
 
-    return nn.intercept_methods(interceptor)(lambda: net.apply(variables, x))()
+    sizes, variables = (16 * _mult(net), 32 * _mult(net)), _abstract_variables(net)
+    for n in sizes:
+        with nn.intercept_methods(interceptor):
+            jax.eval_shape(net.apply, variables, jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32))
+    out = 0.0
+    for r1, r2 in (v[-2:] for v in seen.values() if len(v) >= 2 and v[-1] != v[-2]):
+        stride = (sizes[1] - sizes[0]) / (r2 - r1)
+        out = max(out, (r1 * stride - sizes[0]) / 2)
+    return int(math.ceil(out))
+
+
+@functools.lru_cache(maxsize=32)
+def layers(net: nets.TransformNet) -> tuple[Layer, ...]:
+    """The stages' grids in execution order, from two shape-only runs of the network."""
+    found: dict[str, list] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        name = _norm_name(context)
+        if name:
+            found.setdefault(name, []).append((args[0].shape, True))
+        return next_fun(*args, **kwargs)
+
+    sizes = (16 * _mult(net), 32 * _mult(net))
+    variables, outs = _abstract_variables(net), []
+    for n in sizes:
+        with nn.intercept_methods(interceptor):
+            outs.append(jax.eval_shape(net.apply, variables,
+                                       jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32)).shape)
+    found[OUTPUT] = [(s, False) for s in outs]
+    out = []
+    for name, ((s1, stats), (s2, _)) in found.items():
+        stride = (sizes[1] - sizes[0]) / (s2[1] - s1[1])
+        pad = (s1[1] - sizes[0] / stride) / 2
+        if pad != int(pad):
+            raise ValueError(f"layer {name}: padding {pad} is not a whole number of pixels")
+        out.append(Layer(name, s1[3], stride, int(pad), stats))
+    return tuple(out)
 
 
 class _Reached(Exception):
-    """Carries a layer's sums out of a forward pass that stops at that layer."""
+    """Carries a stage's result out of the network at the norm layer where the stage ends."""
 
-    def __init__(self, sums):
+    def __init__(self, value):
         super().__init__()
-        self.sums = sums
+        self.value = value
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _layer_sums(net, variables, x, stats, layer, owned):
-    """Runs the network on a window up to the instance norm `layer` (earlier norms using `stats`)
-    and returns the sum, sum of squares and count of that layer's input over the owned region
-    `owned` = [row0, row1, col0, col1]."""
+def _stage_output(net, k: int, variables, image, inputs: dict, stats: dict):
+    """Stage k on one window: the input of norm layer k (the network's output for the last stage).
+
+    Every earlier instance norm returns its buffered input from `inputs`, normalised with the
+    whole-image `stats`, so nothing before it is computed (XLA drops the dead code); layers the
+    stage does not read return zeros, also dead.
+    """
+    target = layers(net)[k].name
 
     def interceptor(next_fun, args, kwargs, context):
-        if not _is_norm_call(context):
+        name = _norm_name(context)
+        if name is None:
             return next_fun(*args, **kwargs)
-        key = "/".join(context.module.path)
-        if key != layer:
-            return _normalise(context.module, args[0], *stats[key])
-        a = args[0].astype(jnp.float32)
-        rows = jnp.arange(a.shape[1])[:, None]
-        cols = jnp.arange(a.shape[2])[None, :]
-        mask = ((rows >= owned[0]) & (rows < owned[1]) & (cols >= owned[2]) & (cols < owned[3]))
-        mask = mask.astype(jnp.float32)[None, :, :, None]
-        raise _Reached((jnp.sum(a * mask, (0, 1, 2)), jnp.sum(a * a * mask, (0, 1, 2)), jnp.sum(mask)))
+        if name == target:
+            raise _Reached(args[0])
+        if name not in inputs:
+            return jnp.zeros_like(args[0])
+        a, m, (mean, var) = inputs[name], context.module, stats[name]
+        y = (a - mean) * jax.lax.rsqrt(var + m.epsilon)
+        return y * m.get_variable("params", "scale") + m.get_variable("params", "bias")
 
     try:
-        nn.intercept_methods(interceptor)(lambda: net.apply(variables, x))()
-    except _Reached as r:
-        return r.sums
-    raise ValueError(f"no instance norm named {layer}")
-
-
-def _norm_geometry(net, variables) -> dict[str, tuple[float, float]]:
-    """Per instance-norm layer: (stride j, top padding p) of its input grid, from two dry runs
-    (layer rows = input rows / j + 2 p)."""
-    shapes = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        if _is_norm_call(context):
-            shapes.setdefault("/".join(context.module.path), []).append(args[0].shape[1])
-        return next_fun(*args, **kwargs)
-
-    sizes = (64, 128)
-    for n in sizes:
         with nn.intercept_methods(interceptor):
-            jax.eval_shape(lambda x: net.apply(variables, x),
-                           jax.ShapeDtypeStruct((1, n, 64, 3), jnp.float32))
-    out = {}
-    for key, (h1, h2) in shapes.items():
-        j = (sizes[1] - sizes[0]) / (h2 - h1)
-        out[key] = (j, (h1 - sizes[0] / j) / 2)
-    return out
+            return net.apply(variables, image)
+    except _Reached as r:
+        return r.value
 
 
-def _owned(geometry, core, window, hp: int, wp: int) -> dict:
-    """Per norm layer, the window rows/cols whose global activations this tile accounts for: its
-    core mapped onto the layer's grid, plus the padded border where the core touches the image's."""
-    (y0, y1, x0, x1), (wy0, _, wx0, _) = core, window
-    out = {}
-    for key, (j, p) in geometry.items():
-        def span(a, b, wa, full, j=j, p=p):
-            lo = 0 if a == 0 else p + a / j
-            hi = 2 * p + full / j if b >= full else p + b / j
-            return lo - wa / j, hi - wa / j
-        r0, r1 = span(y0, y1, wy0, hp)
-        c0, c1 = span(x0, x1, wx0, wp)
-        out[key] = jnp.asarray([r0, r1, c0, c1], jnp.float32)
-    return out
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_stage(net, k: int, window: tuple[int, int], variables, image, inputs, stats, owned):
+    """Stage k on one window of `window` input pixels; with instance norm at its end, also the
+    count, mean and centred sum of squares of the output over the owned region
+    [row0, row1, col0, col1]."""
+    if image is None:
+        image = jnp.zeros((1, *window, 3), jnp.float32)
+    y = _stage_output(net, k, variables, image, inputs, stats)
+    if not layers(net)[k].stats:
+        return y, None
+    rows = jnp.arange(y.shape[1])[:, None]
+    cols = jnp.arange(y.shape[2])[None, :]
+    mask = ((rows >= owned[0]) & (rows < owned[1]) & (cols >= owned[2]) & (cols < owned[3]))
+    mask = mask.astype(jnp.float32)[None, :, :, None]
+    n = jnp.sum(mask)
+    mean = jnp.sum(y * mask, (0, 1, 2)) / n
+    return y, (n, mean, jnp.sum(jnp.square((y - mean) * mask), (0, 1, 2)))
 
 
-def _tiles(hp: int, wp: int, core: int, m: int, mult: int = 4) -> list:
-    """(core box, window box) pairs over an image of hp x wp (multiples of `mult`): cores of at most
-    `core` px, balanced so that no thin last row or column of tiles is wasted, partition it; windows
-    share one shape, start on the stride grid, and keep `m` px around their core except at the
-    image's border."""
-    def sizes(n_px):
-        n = -(-n_px // core)
-        return -(-n_px // (n * mult)) * mult
+def _live_inputs(closed) -> list[bool]:
+    """Which inputs of a jaxpr its outputs depend on (backward liveness; an equation is kept whole)."""
+    jaxpr = closed.jaxpr
+    live = {v for v in jaxpr.outvars if not isinstance(v, jcore.Literal)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if not isinstance(v, jcore.Literal))
+    return [v in live for v in jaxpr.invars]
 
-    ch, cw = sizes(hp), sizes(wp)
-    wh, ww = min(ch + 2 * m, hp), min(cw + 2 * m, wp)
+
+@functools.lru_cache(maxsize=128)
+def reads(net: nets.TransformNet, k: int) -> tuple[bool, tuple[str, ...]]:
+    """What stage k reads: (the photo?, the earlier norm layers whose buffers), from its traced
+    computation."""
+    ls = layers(net)
+    n = 16 * _mult(net)
+    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    inputs = {lay.name: f32(1, lay.size(n), lay.size(n), lay.channels) for lay in ls[:k]}
+    stats = {lay.name: (f32(lay.channels), f32(lay.channels)) for lay in ls[:k] if lay.stats}
+    variables = _abstract_variables(net)
+    closed = jax.make_jaxpr(lambda v, x, i, s: _stage_output(net, k, v, x, i, s))(
+        variables, f32(1, n, n, 3), inputs, stats)
+    live = _live_inputs(closed)
+    nv = len(jax.tree.leaves(variables))
+    names = sorted(inputs)  # the dict's flattening order
+    return live[nv], tuple(name for name, used in zip(names, live[nv + 1:], strict=False) if used)
+
+
+@functools.lru_cache(maxsize=128)
+def halo(net: nets.TransformNet, k: int) -> int:
+    """How far (input pixels, rounded up to the total stride) a change of what stage k reads at one
+    place moves its output: the margin a window needs around the part it keeps. Measured from the
+    network, not from a description of its layers: every input of the stage gets a large change at
+    the pixel covering one input position (every channel, so that a ReLU cannot hide it), and the
+    output rows and columns that change bound the reach."""
+    mult, ls = _mult(net), layers(net)
+    out = ls[k]
+    reads_image, names = reads(net, k)
+    variables = _probe_variables(net)
+    sources = ([Layer("image", 3, 1.0, 0, False)] if reads_image else []) + [
+        lay for lay in ls[:k] if lay.name in names]
+    rng = np.random.default_rng(0)
+    n = 16 * mult + 2 * -(-border(net) // mult) * mult  # the change outside the network's border padding
+    while True:
+        y = n // 2  # the changed input position (a multiple of every stride)
+        arrays = {s.name: rng.normal(size=(1, s.size(n), s.size(n), s.channels)).astype(np.float32)
+                  for s in sources}
+        if reads_image:
+            arrays["image"] = rng.uniform(0, 255, (1, n, n, 3)).astype(np.float32)
+        changed = {}
+        for s in sources:
+            r = math.floor(y / s.stride) + s.pad
+            changed[s.name] = arrays[s.name].copy()
+            changed[s.name][:, r, r] += 100.0
+        stats = {s.name: (jnp.zeros(s.channels), jnp.ones(s.channels)) for s in sources if s.stats}
+        image = {True: (arrays.get("image"), changed.get("image")), False: (None, None)}[reads_image]
+        outs = [np.asarray(_run_stage(net, k, (n, n), variables, img, {s: a[s] for s in names}, stats,
+                                      jnp.zeros(4, jnp.int32))[0])
+                for img, a in ((image[0], arrays), (image[1], changed))]
+        diff = np.abs(outs[1] - outs[0])[0].max(-1) > 0
+        lo_in = min(math.floor(y / s.stride) * s.stride for s in sources)
+        hi_in = max((math.floor(y / s.stride) + 1) * s.stride for s in sources)
+        reach, clipped = 0.0, False
+        for axis in (0, 1):
+            hit = np.flatnonzero(diff.any(axis=1 - axis))
+            clipped |= hit.size > 0 and (hit[0] == 0 or hit[-1] == diff.shape[axis] - 1)
+            for r in hit[[0, -1]] if hit.size else ():
+                lo, hi = (r - out.pad) * out.stride, (r - out.pad + 1) * out.stride
+                reach = max(reach, hi - lo_in, hi_in - lo)
+        if not clipped:
+            return -(-math.ceil(reach) // mult) * mult
+        n *= 2
+
+
+# --------------------------------------------------------------------------- buffers
+
+_ALIGN = 64  # XLA:CPU uses host memory aligned like this in place instead of copying it
+
+
+def _empty(shape) -> np.ndarray:
+    """An uninitialised float32 array whose data is `_ALIGN`-byte aligned."""
+    n = math.prod(shape) * 4
+    raw = np.empty(n + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return raw[off: off + n].view(np.float32).reshape(shape)
+
+
+def _to_device(a: np.ndarray) -> jax.Array:
+    """A window for the device. On the CPU an aligned, contiguous float32 window is used in place
+    (copying and page-faulting hundreds of MB per window took a third of the run); anything else is
+    first copied into aligned memory. The caller keeps `a` unchanged until the result is read."""
+    if not (a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0):
+        b = _empty(a.shape)
+        b[...] = a
+        a = b
+    return jax.device_put(a, may_alias=True)
+
+
+class _Buffer:
+    """One layer's whole-image float32 activation (rows, cols, channels): an array in RAM, or an
+    unlinked temporary file read and written with pread/pwrite (not mmap: mapped pages would count
+    towards the process's resident memory; the page cache does not)."""
+
+    def __init__(self, shape: tuple[int, int, int], in_ram: bool):
+        self.shape = shape
+        self.row_bytes = shape[1] * shape[2] * 4
+        self.array = _empty(shape) if in_ram else None
+        self.file = None
+        if not in_ram:  # unlinked at once (named first, so that /proc/PID/fd shows what it is)
+            fd, path = tempfile.mkstemp(prefix="fastnst-tiles-")
+            os.unlink(path)
+            self.file = os.fdopen(fd, "r+b")
+            self.file.truncate(shape[0] * self.row_bytes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+    def write(self, r0: int, c0: int, block: np.ndarray) -> None:
+        if self.array is not None:
+            self.array[r0: r0 + block.shape[0], c0: c0 + block.shape[1]] = block
+            return
+        block = np.ascontiguousarray(block, np.float32)
+        if c0 == 0 and block.shape[1] == self.shape[1]:
+            _pwrite(self.file.fileno(), memoryview(block).cast("B"), r0 * self.row_bytes)
+            return
+        for i, row in enumerate(block):
+            _pwrite(self.file.fileno(), memoryview(row).cast("B"),
+                    (r0 + i) * self.row_bytes + c0 * self.shape[2] * 4)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[r0:r1, c0:c1]
+        out = _empty((r1 - r0, c1 - c0, self.shape[2]))
+        if c0 == 0 and c1 == self.shape[1]:
+            _pread(self.file.fileno(), memoryview(out).cast("B"), r0 * self.row_bytes)
+        else:
+            for i in range(r1 - r0):
+                _pread(self.file.fileno(), memoryview(out[i]).cast("B"),
+                       (r0 + i) * self.row_bytes + c0 * self.shape[2] * 4)
+        return out
+
+    def close(self) -> None:
+        self.array = None
+        if self.file is not None:
+            self.file.close()
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _pread(fd: int, into: memoryview, offset: int) -> None:
+    while into:
+        n = os.preadv(fd, [into], offset)
+        if n == 0:
+            raise OSError("short read from a tiling buffer")
+        into, offset = into[n:], offset + n
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """How stage k runs: what it reads, its halo, and its windows (core box, window box) in input
+    pixels of the stride-padded image; all windows of a stage share one shape."""
+
+    layer: Layer
+    reads_image: bool
+    reads: tuple[str, ...]
+    halo: int
+    tiles: tuple[tuple[tuple[int, int, int, int], tuple[int, int, int, int]], ...]
+
+    @property
+    def window(self) -> tuple[int, int]:
+        y0, y1, x0, x1 = self.tiles[0][1]
+        return y1 - y0, x1 - x0
+
+
+def _bytes_per_pixel(net, k: int) -> float:
+    """Working bytes of stage k per window pixel when the stage is one conv: what it reads and
+    writes (float32) x 3 for XLA's temporaries (the conv's packed input, the upsampling's phase
+    stacks)."""
+    ls = {lay.name: lay for lay in layers(net)}
+    reads_image, names = reads(net, k)
+    out = layers(net)[k]
+    floats = 3 * reads_image + sum(ls[n].channels / ls[n].stride ** 2 for n in names)
+    return 12 * (floats + out.channels / out.stride ** 2)
+
+
+def _window_bytes(net, k: int, h: int, w: int) -> int:
+    """Working bytes of stage k on an h x w window; the whole network's activations when the
+    network is one stage (no instance norm)."""
+    if len(layers(net)) == 1:
+        return activation_bytes(net, h, w)
+    return int(_bytes_per_pixel(net, k) * h * w)
+
+
+def _fits(net, k: int, share: int, h: int, w: int) -> bool:
+    return _window_bytes(net, k, h, w) <= share
+
+
+def _balanced(n_px: int, core: int, mult: int) -> int:
+    """The core size that splits n_px into the fewest cores of at most `core` px, evenly (multiples
+    of `mult`), so that no thin last row or column of windows is wasted."""
+    n = -(-n_px // core)
+    return -(-n_px // (n * mult)) * mult
+
+
+def _tiles(hp: int, wp: int, core: tuple[int, int], window: tuple[int, int], mult: int) -> tuple:
+    ch, cw = core
+    wh, ww = window
+    mh, mw = (wh - ch) // 2 // mult * mult, (ww - cw) // 2 // mult * mult
     out = []
     for y0 in range(0, hp, ch):
         for x0 in range(0, wp, cw):
             y1, x1 = min(y0 + ch, hp), min(x0 + cw, wp)
-            wy0 = min(max(0, y0 - m), hp - wh)
-            wx0 = min(max(0, x0 - m), wp - ww)
+            wy0, wx0 = min(max(0, y0 - mh), hp - wh), min(max(0, x0 - mw), wp - ww)
             out.append(((y0, y1, x0, x1), (wy0, wy0 + wh, wx0, wx0 + ww)))
-    return out
+    return tuple(out)
 
 
-def _window(image: np.ndarray, box) -> np.ndarray:
-    """The window `box` of the image padded to a multiple of the stride: rows and columns past the
-    image's end are its reflection, as the network pads (only windows at the border need it)."""
-    y0, y1, x0, x1 = box
-    h, w = image.shape[:2]
-    win = image[y0:min(y1, h), x0:min(x1, w)]
-    if y1 > h or x1 > w:  # the window holds the image's last rows/columns, which the reflection reads
-        win = np.pad(win, ((0, max(0, y1 - h)), (0, max(0, x1 - w)), (0, 0)), mode="reflect")
-    return win
+def plan(net: nets.TransformNet, hp: int, wp: int, budget: int, tile: int | None = None) -> list[Stage]:
+    """The stages for an hp x wp image (multiples of the total stride): windows as large as the
+    budget allows (half of it when buffers take the other half; full-width bands when they fit),
+    or cores of at most `tile` px.
+
+    Raises:
+      ConfigError: the budget is too small for the smallest window of some stage.
+    """
+    mult, ls = _mult(net), layers(net)
+    pad_px = border(net)  # windows at the border hold the network's padding
+    stages = []
+    share = budget if len(ls) == 1 else budget // 2  # the other half holds buffers
+    for k, lay in enumerate(ls):
+        h = halo(net, k)
+        least = -(-int(pad_px + 2 * h + mult) // mult) * mult
+        fit = functools.partial(_fits, net, k, share)
+        if tile:
+            core = (-(-tile // mult) * mult,) * 2
+        elif fit(max(least, 2 * h + 8 * mult), wp):  # full-width bands
+            rows = 8 * mult
+            while rows < hp and fit(rows + mult + 2 * h, wp):
+                rows += mult
+            core = (rows, wp)
+        else:
+            side = 8 * mult
+            if not fit(max(side + 2 * h, least), max(side + 2 * h, least)):
+                need = _window_bytes(net, k, max(side + 2 * h, least), max(side + 2 * h, least))
+                raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one "
+                                  f"tile (needs about {need * budget / share / 2**20:.0f} MB); raise the "
+                                  f"budget or use --max-size")
+            while fit(side + mult + 2 * h, side + mult + 2 * h) and side < max(hp, wp):
+                side += mult
+            core = (side, side)
+        core = (_balanced(hp, min(core[0], hp), mult), _balanced(wp, min(core[1], wp), mult))
+        window = (min(hp, max(core[0] + 2 * h, least)), min(wp, max(core[1] + 2 * h, least)))
+        stages.append(Stage(lay, *reads(net, k), h, _tiles(hp, wp, core, window, mult)))
+    return stages
 
 
-def _exact_stats(net, variables, image: np.ndarray, hp: int, wp: int, tile: int) -> dict:
-    """Whole-image instance-norm statistics, layer by layer: pass l runs every tile up to norm
-    layer l (earlier layers normalised with their exact statistics) and sums its input over each
-    tile's owned region; the regions partition the layer's whole activation, padding included."""
-    boxes = _tiles(hp, wp, tile, margin(net), 2 ** len(net.down))
-    geometry = _norm_geometry(net, variables)  # in execution order
-    owned = [_owned(geometry, c, wb, hp, wp) for c, wb in boxes]
-    stats = {}
-    for layer in geometry:
-        s1 = s2 = n = 0.0
-        for i, (_, box) in enumerate(boxes):
-            a, b, c = jax.device_get(_layer_sums(net, variables, jnp.asarray(_window(image, box)[None]),
-                                                 stats, layer, owned[i][layer]))
-            s1, s2, n = s1 + a.astype(np.float64), s2 + b.astype(np.float64), n + float(c)
-        mean = s1 / n
-        var = np.maximum(s2 / n - mean**2, 0.0)
-        stats[layer] = (jnp.asarray(mean, jnp.float32).reshape(1, 1, 1, -1),
-                        jnp.asarray(var, jnp.float32).reshape(1, 1, 1, -1))
-    return stats
+def _owned(layer: Layer, core, window, hp: int, wp: int) -> tuple[int, int, int, int]:
+    """The window-relative layer rows/cols whose whole-image activations this window accounts for:
+    its core mapped onto the layer's grid, plus the padded border where the core touches the image's."""
+    (y0, y1, x0, x1), (wy0, _, wx0, _) = core, window
+
+    def span(a, b, wa, full):
+        lo = 0 if a == 0 else layer.origin(a) + layer.pad
+        hi = layer.size(full) if b >= full else layer.origin(b) + layer.pad
+        return lo - layer.origin(wa), hi - layer.origin(wa)
+
+    return (*span(y0, y1, wy0, hp), *span(x0, x1, wx0, wp))
+
+
+def _combine(acc, n, mean, m2):
+    """Chan et al.'s pairwise update of (count, mean, centred sum of squares), in float64."""
+    n, mean, m2 = float(n), np.asarray(mean, np.float64), np.asarray(m2, np.float64)
+    if acc is None:
+        return n, mean, m2
+    na, ma, m2a = acc
+    total = na + n
+    d = mean - ma
+    return total, ma + d * (n / total), m2a + m2 + d * d * (na * n / total)
+
+
+# --------------------------------------------------------------------------- inference
 
 
 def uses_instance_norm(net: nets.TransformNet) -> bool:
     """Whether the network normalises with per-image statistics."""
-    return net.norm is nets.instance_norm
+    return any(lay.stats for lay in layers(net))
 
 
-def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, tile: int) -> np.ndarray:
-    """Runs `net` on one HxWx3 image tile by tile (cores of `tile` px, a multiple of the stride);
-    returns the stitched (scale*H)x(scale*W)x3 float32 output.
+def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget: int | None = None,
+                tile: int | None = None, ram: int | None = None, info: dict | None = None) -> np.ndarray:
+    """Runs `net` on one HxWx3 image stage by stage within `budget` bytes (default
+    `default_budget()`); returns the (scale*H)x(scale*W)x3 float32 output, equal to the whole-image
+    output up to float32 rounding.
 
-    For instance norm, every tile is normalised with the same whole-image statistics, computed
-    exactly first (`_exact_stats`: one partial pass over the tiles per norm layer).
+    `tile` caps every stage's window core (px); `ram` caps the bytes of buffers kept in RAM (default
+    half the budget less the output's size; the rest go to temporary files). `info`, when given,
+    receives the number of stages and windows and the peak bytes of buffers in RAM and on disk.
     """
-    mult = 2 ** len(net.down)
-    if tile % mult:
-        raise ValueError(f"the tile size must be a multiple of {mult}")
-    factor = 2 ** len(net.up) // mult
+    mult = _mult(net)
+    budget = budget or default_budget()
     h, w = image.shape[:2]
     hp, wp = h + (-h % mult), w + (-w % mult)
-    image = np.asarray(image, np.float32)
-    if uses_instance_norm(net):
-        stats = _exact_stats(net, variables, image, hp, wp, tile)
-        run = lambda x: _forward_with_stats(net, variables, x, stats)  # noqa: E731
-    else:
-        run = lambda x: _plain_forward(net, variables, x)  # noqa: E731
-    out = np.empty((hp * factor, wp * factor, 3), np.float32)
-    for (y0, y1, x0, x1), box in _tiles(hp, wp, tile, margin(net), mult):
-        y = np.asarray(run(jnp.asarray(_window(image, box)[None]))[0])
-        oy, ox = (y0 - box[0]) * factor, (x0 - box[2]) * factor
-        out[y0 * factor: y1 * factor, x0 * factor: x1 * factor] = \
-            y[oy: oy + (y1 - y0) * factor, ox: ox + (x1 - x0) * factor]
-    return out[: h * factor, : w * factor]
+    image = np.asarray(image)  # kept in its own dtype (a 100 MP photo is 1.2 GB as float32)
+    if (hp, wp) != (h, w):  # the network's own reflection up to a multiple of its stride
+        image = np.pad(image, ((0, hp - h), (0, wp - w), (0, 0)), mode="reflect")
+    stages = plan(net, hp, wp, budget, tile)
+    by_name = {st.layer.name: st.layer for st in stages}
+    last_read = {name: k for k, st in enumerate(stages) for name in st.reads}
+    f = 2 ** len(net.up) // mult
+    # The output (returned, so in RAM) counts against the buffers' share of the budget.
+    ram_left = budget // 2 - hp * f * wp * f * 12 if ram is None else ram
+    buffers: dict[str, _Buffer] = {}
+    stats: dict[str, tuple] = {}
+    peak = {"ram": 0, "disk": 0}
+    try:
+        for k, st in enumerate(stages):
+            lay = st.layer
+            shape = (lay.size(hp), lay.size(wp), lay.channels)
+            if lay.name == OUTPUT:
+                dest = _Buffer(shape, in_ram=True)
+            else:
+                dest = _Buffer(shape, in_ram=4 * math.prod(shape) <= ram_left)
+                ram_left -= dest.nbytes if dest.array is not None else 0
+            buffers[lay.name] = dest
+            for where in ("ram", "disk"):
+                peak[where] = max(peak[where], sum(b.nbytes for n, b in buffers.items() if n != OUTPUT
+                                                   and (b.array is not None) == (where == "ram")))
+            st_stats = {n: tuple(jnp.asarray(a) for a in stats[n]) for n in st.reads if n in stats}
+            acc = None
+            for core, win in st.tiles:
+                wy0, wy1, wx0, wx1 = win
+                ins = {}
+                for n in st.reads:
+                    src = by_name[n]
+                    r0, c0 = src.origin(wy0), src.origin(wx0)
+                    ins[n] = _to_device(buffers[n].read(r0, r0 + src.size(wy1 - wy0),
+                                                        c0, c0 + src.size(wx1 - wx0))[None])
+                img = _to_device(image[None, wy0:wy1, wx0:wx1]) if st.reads_image else None
+                owned = _owned(lay, core, win, hp, wp)
+                y, s = _run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned))
+                r0, r1, c0, c1 = owned
+                dest.write(lay.origin(wy0) + r0, lay.origin(wx0) + c0, np.asarray(y)[0, r0:r1, c0:c1])
+                if s is not None:
+                    acc = _combine(acc, *jax.device_get(s))
+            if acc is not None:
+                n, mean, m2 = acc
+                stats[lay.name] = (mean.astype(np.float32), (m2 / n).astype(np.float32))
+            for n in [n for n, last in last_read.items() if last == k]:
+                ram_left += buffers[n].nbytes if buffers[n].array is not None else 0
+                buffers.pop(n).close()
+        if info is not None:
+            info.update(stages=len(stages), windows=sum(len(st.tiles) for st in stages),
+                        buffers_ram_mb=peak["ram"] / 2**20, buffers_disk_mb=peak["disk"] / 2**20)
+        return buffers[OUTPUT].array[: h * f, : w * f]
+    finally:
+        for b in buffers.values():
+            if b.array is None or b is not buffers.get(OUTPUT):
+                b.close()

@@ -95,11 +95,12 @@ def tiling_cases() -> dict:
     for optimise in (False, True):
         jax.config.update("jax_disable_most_optimizations", not optimise)
         jax.clear_caches()
-        for task, norm, size, tile in t.CASES:
-            m = t._model(task, norm)
+        for task, norm, size, tile, opts in t.CASES:
+            m = t._model(task, norm, **opts)
             x = t._photo(*size)
             whole, tiled = t.whole_and_tiled(m, x, tile)
-            key = f"{task}/{norm}/{size[0]}x{size[1]}/tile{tile}" + ("/opt" if optimise else "")
+            key = (f"{task}/{norm}/{size[0]}x{size[1]}/tile{tile}" + "".join(f"/{v}" for v in opts.values())
+                   + ("/opt" if optimise else ""))
             rows[key] = {"max": _maxdiff(tiled, whole), "mean": float(np.abs(tiled - whole).mean())}
         m = t._model("style", "batch")
         big, budget, ref = t.over_budget_case(m)
