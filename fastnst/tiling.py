@@ -459,6 +459,38 @@ def _window_bytes(net, k: int, h: int, w: int) -> int:
     return int(_bytes_per_pixel(net, k) * h * w)
 
 
+def _cores(fit, hp: int, wp: int, h: int, least: int, mult: int) -> list:
+    """The largest full-width band core and the largest square core whose windows fit ([None] if
+    neither does)."""
+    out = []
+    if fit(max(least, 2 * h + 8 * mult), wp):
+        rows = 8 * mult
+        while rows < hp and fit(rows + mult + 2 * h, wp):
+            rows += mult
+        out.append((rows, wp))
+    side = 8 * mult
+    if fit(max(side + 2 * h, least), max(side + 2 * h, least)):
+        while side < max(hp, wp) and fit(side + mult + 2 * h, side + mult + 2 * h):
+            side += mult
+        out.append((side, side))
+    return out or [None]
+
+
+def _core_and_window(hp: int, wp: int, core, h: int, least: int, mult: int):
+    """Balanced core sizes and the window shape that holds a core and its halo."""
+    core = (_balanced(hp, min(core[0], hp), mult), _balanced(wp, min(core[1], wp), mult))
+    return core, (min(hp, max(core[0] + 2 * h, least)), min(wp, max(core[1] + 2 * h, least)))
+
+
+def _cost(hp: int, wp: int, core, *, h: int, least: int, mult: int) -> float:
+    """Pixels computed per output pixel with these cores, x 1.03 for cores narrower than the image
+    (their reads are row by row and their windows are copied)."""
+    if core is None:
+        return math.inf
+    (ch, cw), (wh, ww) = _core_and_window(hp, wp, core, h, least, mult)
+    return (-(-hp // ch) * wh) * (-(-wp // cw) * ww) / (hp * wp) * (1.0 if cw == wp else 1.03)
+
+
 def _fits(net, k: int, share: int, h: int, w: int) -> bool:
     return _window_bytes(net, k, h, w) <= share
 
@@ -501,23 +533,15 @@ def plan(net: nets.TransformNet, hp: int, wp: int, budget: int, tile: int | None
         fit = functools.partial(_fits, net, k, share)
         if tile:
             core = (-(-tile // mult) * mult,) * 2
-        elif fit(max(least, 2 * h + 8 * mult), wp):  # full-width bands
-            rows = 8 * mult
-            while rows < hp and fit(rows + mult + 2 * h, wp):
-                rows += mult
-            core = (rows, wp)
-        else:
-            side = 8 * mult
-            if not fit(max(side + 2 * h, least), max(side + 2 * h, least)):
-                need = _window_bytes(net, k, max(side + 2 * h, least), max(side + 2 * h, least))
-                raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one "
-                                  f"tile (needs about {need * budget / share / 2**20:.0f} MB); raise the "
-                                  f"budget or use --max-size")
-            while fit(side + mult + 2 * h, side + mult + 2 * h) and side < max(hp, wp):
-                side += mult
-            core = (side, side)
-        core = (_balanced(hp, min(core[0], hp), mult), _balanced(wp, min(core[1], wp), mult))
-        window = (min(hp, max(core[0] + 2 * h, least)), min(wp, max(core[1] + 2 * h, least)))
+        else:  # full-width bands (contiguous reads) unless squares compute 3% fewer halo pixels
+            core = min(_cores(fit, hp, wp, h, least, mult),
+                       key=functools.partial(_cost, hp, wp, h=h, least=least, mult=mult))
+            if core is None:
+                side = max(8 * mult + 2 * h, least)
+                need = _window_bytes(net, k, side, side) * budget / share / 2**20
+                raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
+                                  f"(needs about {need:.0f} MB); raise the budget or use --max-size")
+        core, window = _core_and_window(hp, wp, core, h, least, mult)
         stages.append(Stage(lay, *reads(net, k), h, _tiles(hp, wp, core, window, mult)))
     return stages
 
