@@ -35,11 +35,11 @@ def _photo(h, w, seed=0):
 
 # Tiled vs whole-image output on 0..255 (docs/tiling.md, docs/testing.md, results/tolerances.json).
 # Measured on this CPU over CASES, with XLA optimisation on and off (tests/measure_tolerances.py):
-# the largest max is 4.6e-4 and the largest mean 5.9e-5 (each stage's windows sum in another order
-# than the whole image; instance-norm statistics are combined window by window). Bounds: about 4x,
-# the margin docs/testing.md derives for other CPUs' kernels.
-TILED_MAX_DIFF = 1.6e-3
-TILED_MEAN_DIFF = 2.3e-4
+# batch norm 0 (one stage, every window one shape); instance norm max 5.0e-4, mean 7.4e-5 (each
+# stage's windows sum in another order than the whole image; statistics are combined window by
+# window). Bounds: 4x, the margin docs/testing.md derives for other CPUs' kernels.
+TILED_MAX_DIFF = 2.0e-3
+TILED_MEAN_DIFF = 3.0e-4
 
 # Odd sizes, cores that do not divide the image, every architecture option (the stages, their
 # inputs and halos come from the network itself, so a new option needs no change in tiling).
