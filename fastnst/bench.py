@@ -318,14 +318,7 @@ def tiling_case(kind: str, h: int, w: int, *, budget_mb: float | None = None, re
     return {"kind": kind, "h": h, "w": w, "budget_mb": budget / 2**20, "tiled": tiled,
             **plan,
             "first_call_s": first, "s": best, "us_per_pixel": best / (h * w) * 1e6,
-            "peak_rss_mb": _peak_rss_mb(), "buffer_files_left": _buffer_files_open()}
-
-
-def _buffer_files_open() -> int:
-    """Tiling buffer files this process still holds (they are unlinked at creation, so an open
-    descriptor is the only way one could still use disk)."""
-    fd = Path("/proc/self/fd")
-    return sum("fastnst-tiles-" in os.readlink(fd / f) for f in os.listdir(fd) if (fd / f).is_symlink())
+            "peak_rss_mb": _peak_rss_mb(), "buffer_files_left": len(tiling.open_buffer_files())}
 
 
 def _in_fresh_process(call: str) -> dict:

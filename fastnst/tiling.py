@@ -1,21 +1,21 @@
 """Inference on images of any size within a memory budget: the network run stage by stage, exactly.
 
-A stage ends at every normalisation layer (and at the output). Stage k computes the input of
-norm layer k over the whole (padded) image, window by window, from the buffered inputs of the
-earlier norm layers it reads (found from the traced computation, not from a description of the
-architecture) and, for the first stage, the photo. Each window keeps only its core; the halo each
-stage needs is measured from the network (`_halo`: how far one input pixel's change reaches through
-that stage, a forward-mode derivative). Outputs go into a buffer per norm layer, in RAM while the
-budget allows and otherwise in an unlinked temporary file (gone when closed, after Ctrl-C, even
+A stage ends at every layer that needs whole-image statistics (instance norm) and at the output.
+Stage k computes the input of norm layer k over the whole (padded) image, window by window, from
+the buffered inputs of the earlier norm layers it reads (found from the traced computation, not
+from a description of the architecture) and, for the first stage, the photo. Each window keeps
+only its core; the halo each stage needs is measured from the network (`halo`: how far a change of
+one input pixel moves that stage's output). Outputs go into a buffer per norm layer, in RAM while
+the budget allows and otherwise in an unlinked temporary file (gone when closed, after Ctrl-C, even
 after kill -9); a buffer is freed after the last stage that reads it.
 
-Instance norm needs whole-image statistics: stage k accumulates them while it writes layer k's
-buffer, per window over the part of the activation the window owns (the regions partition the
-layer, its padding included). Per window the device returns the count, mean and centred sum of
-squares in float32; windows are combined in float64 with Chan et al.'s pairwise update, so the
-variance never subtracts two large sums (E[x^2] - E[x]^2 would lose digits for channels whose mean
-is large next to their spread). The next stage normalises with them as it reads its windows.
-Batch norm in inference is pointwise: its stages need no statistics.
+Stage k accumulates layer k's statistics while it writes its buffer, per window over the part of
+the activation the window owns (the regions partition the layer, its padding included). Per window
+the device returns the count, mean and centred sum of squares in float32; windows are combined in
+float64 with Chan et al.'s pairwise update, so the variance never subtracts two large sums
+(E[x^2] - E[x]^2 would lose digits for channels whose mean is large next to their spread). The
+next stage normalises with them as it reads its windows. Batch norm in inference is pointwise, so
+a batch-norm network is one stage: the whole network per window, with its full reach, no buffers.
 
 Compute per pixel is the untiled network's plus each stage's small halo; every window of a stage
 has one shape (one compilation per stage). docs/tiling.md has the measurements.
@@ -153,53 +153,62 @@ def _probe_variables(net: nets.TransformNet):
     return jax.tree_util.tree_map_with_path(draw, _abstract_variables(net))
 
 
+_PROBE_SIZES = (16, 32)  # x the total stride: two input sizes whose shapes give strides and paddings
+
+
 @functools.lru_cache(maxsize=32)
-def border(net: nets.TransformNet) -> int:
-    """The network's own padding at the image's border, in input pixels (40 for the paper's style
-    network): the most by which any layer's input extends past the image, from two shape-only runs."""
+def _probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
+    """For each of two input sizes, the input shape of every module call (path -> shapes, also of
+    the norm layers) and the output shape: two shape-only runs (`jax.eval_shape`) of the network."""
     seen: dict[str, list] = {}
 
     def interceptor(next_fun, args, kwargs, context):
         if args and getattr(args[0], "ndim", 0) == 4 and context.method_name == "__call__":
-            seen.setdefault("/".join(context.module.path), []).append(args[0].shape[1])
+            seen.setdefault("/".join(context.module.path), []).append(
+                (args[0].shape, isinstance(context.module, _STATS_NORMS)))
         return next_fun(*args, **kwargs)
 
-    sizes, variables = (16 * _mult(net), 32 * _mult(net)), _abstract_variables(net)
-    for n in sizes:
+    variables, outs = _abstract_variables(net), []
+    for n in _PROBE_SIZES:
         with nn.intercept_methods(interceptor):
-            jax.eval_shape(net.apply, variables, jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32))
+            outs.append(jax.eval_shape(net.apply, variables,
+                                       jax.ShapeDtypeStruct((1, n * _mult(net), n * _mult(net), 3),
+                                                            jnp.float32)).shape)
+    return seen, tuple(outs)
+
+
+def _geometry(net, rows: tuple[int, int]) -> tuple[float, float]:
+    """(stride, padding) of a grid with `rows` rows for the two probe sizes: grid rows =
+    input rows / stride + 2 padding."""
+    n1, n2 = (n * _mult(net) for n in _PROBE_SIZES)
+    stride = (n2 - n1) / (rows[1] - rows[0])
+    return stride, (rows[0] - n1 / stride) / 2
+
+
+@functools.lru_cache(maxsize=32)
+def border(net: nets.TransformNet) -> int:
+    """The network's own padding at the image's border, in input pixels (40 for the paper's style
+    network): the most by which any layer's input extends past the image."""
     out = 0.0
-    for r1, r2 in (v[-2:] for v in seen.values() if len(v) >= 2 and v[-1] != v[-2]):
-        stride = (sizes[1] - sizes[0]) / (r2 - r1)
-        out = max(out, (r1 * stride - sizes[0]) / 2)
+    for calls in _probe_shapes(net)[0].values():
+        rows = tuple(shape[1] for shape, _ in calls[-2:])
+        if len(rows) == 2 and rows[0] != rows[1]:
+            stride, pad = _geometry(net, rows)
+            out = max(out, pad * stride)
     return int(math.ceil(out))
 
 
 @functools.lru_cache(maxsize=32)
 def layers(net: nets.TransformNet) -> tuple[Layer, ...]:
-    """The stages' grids in execution order, from two shape-only runs of the network."""
-    found: dict[str, list] = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        name = _norm_name(context)
-        if name:
-            found.setdefault(name, []).append((args[0].shape, True))
-        return next_fun(*args, **kwargs)
-
-    sizes = (16 * _mult(net), 32 * _mult(net))
-    variables, outs = _abstract_variables(net), []
-    for n in sizes:
-        with nn.intercept_methods(interceptor):
-            outs.append(jax.eval_shape(net.apply, variables,
-                                       jax.ShapeDtypeStruct((1, n, n, 3), jnp.float32)).shape)
-    found[OUTPUT] = [(s, False) for s in outs]
+    """The stages' grids in execution order: every instance norm's input, then the output."""
+    seen, outs = _probe_shapes(net)
+    grids = [(name, calls[0][0], calls[1][0]) for name, calls in seen.items() if calls[0][1]]
     out = []
-    for name, ((s1, stats), (s2, _)) in found.items():
-        stride = (sizes[1] - sizes[0]) / (s2[1] - s1[1])
-        pad = (s1[1] - sizes[0] / stride) / 2
+    for name, s1, s2 in grids + [(OUTPUT, *outs)]:
+        stride, pad = _geometry(net, (s1[1], s2[1]))
         if pad != int(pad):
             raise ValueError(f"layer {name}: padding {pad} is not a whole number of pixels")
-        out.append(Layer(name, s1[3], stride, int(pad), stats))
+        out.append(Layer(name, s1[3], stride, int(pad), name != OUTPUT))
     return tuple(out)
 
 
@@ -313,10 +322,9 @@ def halo(net: nets.TransformNet, k: int) -> int:
             changed[s.name] = arrays[s.name].copy()
             changed[s.name][:, r, r] += 100.0
         stats = {s.name: (jnp.zeros(s.channels), jnp.ones(s.channels)) for s in sources if s.stats}
-        image = {True: (arrays.get("image"), changed.get("image")), False: (None, None)}[reads_image]
-        outs = [np.asarray(_run_stage(net, k, (n, n), variables, img, {s: a[s] for s in names}, stats,
-                                      jnp.zeros(4, jnp.int32))[0])
-                for img, a in ((image[0], arrays), (image[1], changed))]
+        outs = [np.asarray(_run_stage(net, k, (n, n), variables, a.get("image"), {s: a[s] for s in names},
+                                      stats, jnp.zeros(4, jnp.int32))[0])
+                for a in (arrays, changed)]
         diff = np.abs(outs[1] - outs[0])[0].max(-1) > 0
         lo_in = min(math.floor(y / s.stride) * s.stride for s in sources)
         hi_in = max((math.floor(y / s.stride) + 1) * s.stride for s in sources)
@@ -333,6 +341,17 @@ def halo(net: nets.TransformNet, k: int) -> int:
 
 
 # --------------------------------------------------------------------------- buffers
+
+BUFFER_PREFIX = "fastnst-tiles-"
+
+
+def open_buffer_files() -> list[str]:
+    """The tiling buffer files this process holds open (unlinked at creation, so an open descriptor
+    is the only way one can still take disk space): empty after every `apply_tiled`."""
+    fd = "/proc/self/fd"
+    links = (os.readlink(os.path.join(fd, f)) for f in os.listdir(fd) if os.path.islink(os.path.join(fd, f)))
+    return [t for t in links if BUFFER_PREFIX in t]
+
 
 _ALIGN = 64  # XLA:CPU uses host memory aligned like this in place instead of copying it
 
@@ -367,7 +386,7 @@ class _Buffer:
         self.array = _empty(shape) if in_ram else None
         self.file = None
         if not in_ram:  # unlinked at once (named first, so that /proc/PID/fd shows what it is)
-            fd, path = tempfile.mkstemp(prefix="fastnst-tiles-")
+            fd, path = tempfile.mkstemp(prefix=BUFFER_PREFIX)
             os.unlink(path)
             self.file = os.fdopen(fd, "r+b")
             self.file.truncate(shape[0] * self.row_bytes)
@@ -571,11 +590,6 @@ def _combine(acc, n, mean, m2):
 
 
 # --------------------------------------------------------------------------- inference
-
-
-def uses_instance_norm(net: nets.TransformNet) -> bool:
-    """Whether the network normalises with per-image statistics."""
-    return any(lay.stats for lay in layers(net))
 
 
 def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget: int | None = None,

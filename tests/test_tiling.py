@@ -1,7 +1,5 @@
 """Tiled inference equals whole-image inference, with buffers in RAM or on disk; colour and strength."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,11 +62,6 @@ def test_tiled_equals_whole_image(task, norm, size, tile, opts):
     assert np.abs(tiled - whole).max() <= TILED_MAX_DIFF and np.abs(tiled - whole).mean() <= TILED_MEAN_DIFF
 
 
-def _open_buffers() -> list[str]:
-    fds = [os.path.join("/proc/self/fd", f) for f in os.listdir("/proc/self/fd")]
-    return [t for t in (os.readlink(f) for f in fds if os.path.islink(f)) if "fastnst-tiles-" in t]
-
-
 def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_an_interrupt(monkeypatch):
     m = _model("style", "instance")
     x = _photo(71, 83)
@@ -77,21 +70,21 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
     disk = tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0, info=info)
     assert info["buffers_ram_mb"] == 0 and info["buffers_disk_mb"] > 0
     np.testing.assert_array_equal(disk, ram)  # the same windows and programs: the same bits
-    assert _open_buffers() == []
+    assert tiling.open_buffer_files() == []
     calls = []
     real = tiling._run_stage
 
     def interrupted(*args):
         calls.append(args[1])
         if len(calls) == 40:
-            assert _open_buffers(), "no buffer file open mid-run"
+            assert tiling.open_buffer_files(), "no buffer file open mid-run"
             raise KeyboardInterrupt
         return real(*args)
 
     monkeypatch.setattr(tiling, "_run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0)
-    assert _open_buffers() == []  # unlinked at creation, closed on the way out
+    assert tiling.open_buffer_files() == []  # unlinked at creation, closed on the way out
 
 
 def test_halos_are_measured_from_the_network_and_needed(monkeypatch):
