@@ -10,12 +10,13 @@ import sys
 
 
 def one_line_errors(main):
-    """Runs `main`; a FastnstError (a user mistake) becomes `error: ...` on stderr and exit 1;
-    Ctrl-C or SIGTERM becomes `interrupted` and exit 130."""
+    """Runs `main`; a FastnstError (a user mistake) becomes `error: ...` on stderr and exit 1 (at
+    once in a multi-process job, or for a JobError); Ctrl-C or SIGTERM becomes `interrupted` and
+    exit 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
-        from fastnst.errors import FastnstError
+        from fastnst.errors import FastnstError, JobError
 
         interrupt_on_sigterm()
         try:
@@ -24,6 +25,8 @@ def one_line_errors(main):
             return main(*args, **kwargs)
         except FastnstError as e:
             print(f"error: {e}", file=sys.stderr)
+            if isinstance(e, JobError) or _in_distributed_job():
+                _exit_now(1)  # JAX's shutdown would wait for processes that did not fail with this one
             return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -43,7 +46,8 @@ def one_line_errors(main):
 
 
 def _exit_now(code: int) -> None:
-    """Exits without interpreter finalization. An interrupt can land inside the import of a native
+    """Exits without interpreter finalization (also after a lost process: JAX's distributed
+    shutdown would wait for it, then abort natively). An interrupt can land inside the import of a native
     extension (jaxlib, TensorFlow), and tearing the half-built module down then crashed (SIGSEGV
     after `interrupted`, seen for SIGTERM 4 s into `bin/train`'s start-up). By the time this runs
     the stack has unwound: outputs are closed or their temporary files removed, and checkpoints are
@@ -51,6 +55,11 @@ def _exit_now(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _in_distributed_job() -> bool:
+    """Whether this process joined a multi-process JAX job (jax.distributed.initialize)."""
+    return "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized()
 
 
 def _raise_interrupt(signum, frame):
@@ -151,6 +160,10 @@ def add_image_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--memory-budget", type=positive_int, default=None, metavar="MB",
                     help="working memory for the network; larger images run in tiles "
                          "(default: half the GPU's memory, or a quarter of RAM up to 1.5 GiB on the CPU)")
+    ap.add_argument("--allow-missing-frames", action="store_true",
+                    help="accept a video with frames that cannot be read (truncated or damaged): "
+                         "exit 0; without it the readable frames are still written but the exit "
+                         "status is 1")
 
 
 def report(results) -> int:

@@ -26,3 +26,11 @@ class ConfigError(FastnstError, ValueError):
 
 class OutputError(ImageError, OSError):
     """An output file or folder cannot be created or written (also an `OSError`)."""
+
+
+class JobError(FastnstError):
+    """Another process of a multi-process job stopped or cannot be reached.
+
+    The `bin/` scripts print the message and exit at once, without the interpreter's shutdown:
+    JAX's shutdown would wait (and then abort with a native stack trace) for the lost process.
+    """

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Mapping
 
 import jax
@@ -25,25 +26,81 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+_GRACE_S = 30  # JAX's own timeouts come this much after ours
+_BARRIER_TIMEOUT_S = 300  # barrier()'s bound: the job's --init_timeout_s
+
+
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+               process_id: int | None = None, *, init_timeout_s: int = 300,
+               heartbeat_timeout_s: int = 60) -> bool:
     """`jax.distributed.initialize()` when the arguments or a cluster environment ask for it (once).
 
     Explicit arguments (`bin/train --coordinator=host:port --num_processes=N --process_id=I`) work
-    anywhere; on SLURM, Open MPI or TPU pods JAX finds them itself."""
+    anywhere; on SLURM, Open MPI or TPU pods JAX finds them itself. Every process must have joined
+    within `init_timeout_s`, else JobError (one line; JAX's own timeout is set later, so this one
+    fires first: JAX's ends in a native abort with a stack trace). The wait runs in a helper thread,
+    so Ctrl-C and SIGTERM still work while a coordinator does not answer. A process that stops
+    sending heartbeats for `heartbeat_timeout_s` is declared dead by JAX's coordination service.
+    (Defaults, also bin/train's: processes of a cluster job may start minutes apart, but a process
+    that is gone should not hold the others long.)
+    """
     if jax.distributed.is_initialized():
         return True
     check_launch(coordinator, num_processes, process_id)
-    if coordinator or (num_processes or 1) > 1 or _in_cluster():
-        # Cross-process collectives for CPU devices (GPU/TPU use their own); harmless elsewhere.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                                   process_id=process_id)
-        return True
-    return False
+    for name, v in (("init_timeout_s", init_timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s)):
+        if v < 1:
+            from fastnst.errors import ConfigError
+
+            raise ConfigError(f"--{name} must be >= 1, got {v}")
+    if not (coordinator or (num_processes or 1) > 1 or _in_cluster()):
+        return False
+    # Cross-process collectives for CPU devices (GPU/TPU use their own); harmless elsewhere.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    global _BARRIER_TIMEOUT_S
+    _BARRIER_TIMEOUT_S = init_timeout_s  # set-up takes as long as starting: the same bound
+    _wait_in_thread(
+        lambda: jax.distributed.initialize(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+            initialization_timeout=init_timeout_s + _GRACE_S, heartbeat_timeout_seconds=heartbeat_timeout_s),
+        init_timeout_s,
+        lambda: f"the job did not assemble within {init_timeout_s} s (--init_timeout_s): process "
+                f"{process_id if process_id is not None else '?'} of {num_processes or '?'} could not reach "
+                f"the coordinator {coordinator or '(from the cluster environment)'}, or not every "
+                "process was started with the same --coordinator and --num_processes")
+    return True
+
+
+def _wait_in_thread(fn, timeout_s: float, message) -> None:
+    """Runs `fn` (a blocking call into JAX's coordination service) in a daemon thread and waits for
+    it in short slices, so signals reach the main thread (a call blocked in native code would hold
+    them back for its whole timeout). JobError(message()) if it has not returned in `timeout_s` or
+    if it failed."""
+    import threading
+
+    from fastnst.errors import JobError
+
+    done, failed = threading.Event(), []
+
+    def run():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 -- reported below, in the main thread
+            failed.append(e)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="fastnst-coordination").start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(0.2):
+        if time.monotonic() > deadline:
+            raise JobError(message())
+    if failed:
+        text = str(failed[0]).strip()
+        detail = text.splitlines()[0] if text else type(failed[0]).__name__
+        raise JobError(f"{message()} ({detail})")
 
 
 def _in_cluster() -> bool:
@@ -77,8 +134,9 @@ def check_launch(coordinator: str | None, num_processes: int | None, process_id:
             raise ConfigError(f"--coordinator {coordinator}: cannot resolve host {host!r}") from None
 
 
-def barrier(name: str, timeout_s: int = 900) -> None:
-    """Waits until every process of the job gets here (no-op with one process).
+def barrier(name: str) -> None:
+    """Waits until every process of the job gets here (no-op with one process); JobError after the
+    job's `init_timeout_s` (see `initialize`).
 
     Uses the coordination service (gRPC, with a timeout we choose), not a collective: the CPU
     collectives (gloo) give up on a peer that has not connected within about 30 s, which a peer
@@ -90,7 +148,11 @@ def barrier(name: str, timeout_s: int = 900) -> None:
         return
     from jax._src import distributed  # the client of jax.distributed.initialize (no public handle)
 
-    distributed.global_state.client.wait_at_barrier(f"fastnst:{name}", timeout_s * 1000)
+    client, timeout_s = distributed.global_state.client, _BARRIER_TIMEOUT_S
+    _wait_in_thread(lambda: client.wait_at_barrier(f"fastnst:{name}", (timeout_s + _GRACE_S) * 1000),
+                    timeout_s, lambda: f"process {jax.process_index()}: not every process of the job "
+                                       f"reached {name!r} within {timeout_s} s (--init_timeout_s): one "
+                                       "stopped, refused its config or workdir, or is stuck")
 
 
 def agree(*flags: bool) -> tuple[bool, ...]:

@@ -202,14 +202,17 @@ def _batches(pairs, load: Callable, batch_size: int) -> Iterator:
 def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               max_size: int | None = None, batch_size: int = 4, suffix: str = "",
               post: Callable | None = None, budget: int | None = None,
-              on_plan: Callable[[int], None] | None = None, progress: bool = True) -> Iterator[FileResult]:
+              on_plan: Callable[[int], None] | None = None, progress: bool = True,
+              allow_missing_frames: bool = False) -> Iterator[FileResult]:
     """Processes image files (folders are expanded) and writes each result atomically.
 
     Outputs are planned and checked first (`plan_outputs`); images then stream through: consecutive
     images of the same size (after `max_size`) run as one batch, so memory holds one batch.
     A bad input yields a FileResult with `error` set; the others are still processed. `seconds` is
     the batch time per image (per frame for videos, which stream through `video.process_video`).
-    `post(output, input)` optionally post-processes each output.
+    `post(output, input)` optionally post-processes each output. A video with frames that could not be
+    read (truncated or damaged) is still written, from the frames that could, but its FileResult is
+    an error unless `allow_missing_frames`.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
@@ -226,7 +229,7 @@ def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.P
     pairs = [p for p, v in zip(pairs, is_video, strict=True) if not v]
     for src, dst in videos:
         yield _run_video(model, src, dst, max_size=max_size, batch_size=batch_size, post=post,
-                         budget=budget, progress=progress)
+                         budget=budget, progress=progress, allow_missing_frames=allow_missing_frames)
     load = lambda f: _model_input(model, images.resize_max_side(images.load_image(f), max_size), f)  # noqa: E731
     for group in _batches(pairs, load, batch_size):
         if isinstance(group[0][2], str):
@@ -244,7 +247,7 @@ def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.P
 
 
 def _run_video(model: Model, src: Path, dst: Path, *, max_size, batch_size, post, budget,
-               progress) -> FileResult:
+               progress, allow_missing_frames) -> FileResult:
     from fastnst import video
 
     def fn(frames):
@@ -257,8 +260,11 @@ def _run_video(model: Model, src: Path, dst: Path, *, max_size, batch_size, post
         r = video.process_video(src, dst, fn, batch_size=batch_size, max_size=max_size, progress=progress)
     except FastnstError as e:
         return FileResult(src, None, 0.0, str(e))
-    note = f"{r.frames} frames, {r.fps:.2f} frames/s, audio {r.audio}" + \
-        (f", {r.skipped} corrupt packet(s) skipped" if r.skipped else "")
+    lost = f"{r.lost} of {r.expected} frames could not be read (truncated or damaged file)"
+    if r.lost and not allow_missing_frames:
+        return FileResult(src, None, 0.0, f"{src}: {lost}; the {r.frames} readable frames were written to "
+                                          f"{dst}; --allow-missing-frames accepts this")
+    note = f"{r.frames} frames, {r.fps:.2f} frames/s, audio {r.audio}" + (f", {lost}" if r.lost else "")
     return FileResult(src, dst, r.seconds / max(r.frames, 1), note=note)
 
 

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from fastnst import data, export, images, losses, nets, parallel, schema, stylize, vgg, weights_io
-from fastnst.errors import ConfigError, FastnstError
+from fastnst.errors import ConfigError, FastnstError, JobError
 
 
 class TrainState(train_state.TrainState):
@@ -347,6 +347,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
         if writer:
             _empty_trash(workdir / "checkpoints")
 
+    lost = False  # another process of the job failed: nothing collective can complete any more
     try:
         with _StopFlag() as stop:
             it = batches.iterate(start)
@@ -375,9 +376,15 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             # A time limit ends the run normally (exported); a signal (to any process) leaves it to
             # be resumed.
             result.interrupted = signalled and result.step < tc.steps
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        lost = True
+        raise JobError(_lost_message(e, workdir)) from None
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
+        if not lost:  # (with a lost process, finishing a checkpoint waits for it forever)
+            mngr.wait_until_finished()
+            mngr.close()
         bar.close()
         batches.close()
     result.bad_files = len(batches.bad)
@@ -393,6 +400,18 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                   "style_image": config.get("style_image", ""), "data": source.name})
         _plot_losses(workdir)
     return result
+
+
+def _lost_message(error: Exception, workdir: Path) -> str:
+    """One line for a collective that failed in a multi-process run: a process of the job stopped
+    (killed, crashed, its machine lost). Names the last checkpoint that is complete on disk (Orbax
+    renames a checkpoint into place only once every process has written its part)."""
+    ckpt = workdir / "checkpoints"
+    steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
+    resume = (f"the last complete checkpoint is step {max(steps)}" if steps else "no checkpoint is complete")
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return (f"process {jax.process_index()}: another process of the job stopped ({first}); {resume}; "
+            "rerun the same command on every process to resume")
 
 
 _DIVERGED = "lower train.lr or the loss weights (a resume with the same settings diverges again)"

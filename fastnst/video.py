@@ -4,22 +4,26 @@
 and writes `dst` atomically (a temporary file renamed at the end). Frame timestamps are copied, so
 the frame rate, time base and variable frame rates are kept; the audio stream is copied unchanged
 where the output container accepts its codec (else dropped with a warning). Frames are turned
-upright by their rotation metadata; a frame that fails to decode is skipped and counted. Memory
-holds one batch of frames, whatever the film's length.
+upright by their rotation metadata. Frames that cannot be read (a packet that fails to decode, or
+a truncated file whose index lists more frames than the data holds) are counted, not hidden: the
+result's `lost` (callers report it and fail unless the user accepts it). Memory holds one batch of
+frames, whatever the film's length.
 
 Codecs by suffix: .mp4/.mov/.mkv H.264 (yuv420p, CRF 18), .webm VP9, .avi MPEG-4 Part 2, .gif GIF.
-yuv420p needs even sizes: an odd width or height is padded by one edge-replicated pixel.
+yuv420p needs even sizes: an odd width or height is padded by one edge-replicated pixel. AVI stores
+a constant frame rate (one tick per frame), so its frames are renumbered at the stream's average rate
+(copying a finer time base made players report e.g. 600 fps for a 10 fps clip).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ from fastnst.errors import FastnstError, ImageError
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 _CODECS = {".mp4": ("libx264", "yuv420p"), ".mov": ("libx264", "yuv420p"), ".mkv": ("libx264", "yuv420p"),
            ".webm": ("libvpx-vp9", "yuv420p"), ".avi": ("mpeg4", "yuv420p"), ".gif": ("gif", "rgb8")}
+_CONSTANT_RATE = (".avi",)  # containers whose time base is the frame duration
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi", ".gif": "gif"}
 
 
@@ -50,11 +55,13 @@ def is_video(path: str | os.PathLike) -> bool:
 
 @dataclass
 class VideoResult:
-    """Frames written, packets skipped, wall time and what happened to the audio."""
+    """Frames written, frames that could not be read, wall time and what happened to the audio."""
     frames: int
-    skipped: int
+    skipped: int  # packets the decoder refused
     seconds: float
     audio: str  # "copied", "none" or why it was dropped
+    expected: int = 0  # frames the file says it has (its index, or the packets read when larger)
+    lost: int = 0  # expected - frames: unreadable packets and frames missing from a truncated file
 
     @property
     def fps(self) -> float:
@@ -127,14 +134,15 @@ def _transcode(av, inp, tmp, suffix, fn, batch_size, max_size, progress, src) ->
     bar = tqdm(total=in_v.frames or None, unit="frame", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     pending_audio = []
+    rate = in_v.average_rate or in_v.guessed_rate or 25
+    out_tb = 1 / Fraction(rate) if suffix in _CONSTANT_RATE else in_v.time_base
 
     def open_output(first: np.ndarray):
         nonlocal out_v, out_a, audio
         codec, pix_fmt = _CODECS[suffix]
-        rate = in_v.average_rate or in_v.guessed_rate or 25
         out_v = out.add_stream(codec, rate=rate)
-        out_v.time_base = in_v.time_base
-        out_v.codec_context.time_base = in_v.time_base  # timestamps copied exactly (variable rates too)
+        out_v.time_base = out_tb
+        out_v.codec_context.time_base = out_tb  # timestamps copied exactly (variable rates too), but AVI
         out_v.height, out_v.width = first.shape[:2]
         out_v.pix_fmt = pix_fmt
         if codec == "libx264":
@@ -158,16 +166,20 @@ def _transcode(av, inp, tmp, suffix, fn, batch_size, max_size, progress, src) ->
                     _mux_audio(out, out_a, p)
                 pending_audio.clear()
             vf = av.VideoFrame.from_ndarray(o, format="rgb24")
-            vf.pts, vf.time_base = pts, in_v.time_base
+            vf.pts, vf.time_base = (frames if suffix in _CONSTANT_RATE else pts), out_tb
             for packet in out_v.encode(vf):
                 out.mux(packet)
             frames += 1
             bar.update(1)
         bar.set_postfix({"frames/s": f"{frames / (time.perf_counter() - t0):.2f}"}, refresh=False)
 
+    packets = discarded = 0
     try:
         counter = 0
         for packet in inp.demux(*(s for s in (in_v, in_a) if s is not None)):
+            if packet.stream.type == "video" and packet.size:  # size 0: the flush packet at the end
+                packets += 1
+                discarded += bool(packet.is_discard)  # before an edit list's start: decoded, not shown
             if packet.stream.type == "audio":
                 if out_v is None:
                     pending_audio.append(packet)  # the output's streams open with the first frame
@@ -197,9 +209,10 @@ def _transcode(av, inp, tmp, suffix, fn, batch_size, max_size, progress, src) ->
     finally:
         bar.close()
         out.close()
-    if skipped:
-        print(f"warning: {src}: skipped {skipped} undecodable packet(s)", file=sys.stderr)
-    return VideoResult(frames, skipped, time.perf_counter() - t0, audio)
+    # The index's count catches a truncated file (the demuxer stops early, quietly); the packets
+    # read catch a container without a count (MKV, WebM) and decoder errors its threads swallow.
+    expected = max(in_v.frames, packets) - discarded
+    return VideoResult(frames, skipped, time.perf_counter() - t0, audio, expected, max(expected - frames, 0))
 
 
 def _mux_audio(out, out_a, packet) -> None:

@@ -50,7 +50,7 @@ def train_cli_args(cfg, workdir) -> list[str]:
             f"--config.data.holdout={cfg.data.holdout}", f"--config.train.image_size={t.image_size}",
             f"--config.train.batch_size={t.batch_size}", f"--config.train.steps={t.steps}",
             f"--config.train.log_every={t.log_every}", f"--config.train.ckpt_every={t.ckpt_every}",
-            f"--config.train.sample_every={t.sample_every}"]
+            f"--config.train.sample_every={t.sample_every}", f"--config.train.time_limit_s={t.time_limit_s}"]
 
 
 def tiny_step(vgg_params, cfg, *, lr: float = 1e-3, dtype: str = "float32", style=None, seed: int = 0):

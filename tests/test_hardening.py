@@ -203,9 +203,17 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
       "--process_id=0", "--coordinator=no-such-host.invalid:12345"], {}, "cannot resolve", 1),
     (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
       "--process_id=0", "--coordinator=localhost"], {}, "HOST:PORT", 1),
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
+      "--process_id=0", "--coordinator=localhost:12345", "--init_timeout_s=0"], {}, "--init_timeout_s", 1),
+    # nobody answers: one line after the documented bound, not JAX's native abort 5 minutes later
+    (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
+      "--process_id=1", "--coordinator=localhost:{port}", "--init_timeout_s=2"], {},
+     "the job did not assemble within 2 s (--init_timeout_s)", 1),
 ])
 def test_flags_and_environment_are_checked_before_any_work(tmp_path, args, env, match, code):
-    r = run_cli(*[a.format(t=tmp_path) for a in args], env=env, timeout=120)
+    from tests.test_parallel import _free_port
+
+    r = run_cli(*[a.format(t=tmp_path, port=_free_port()) for a in args], env=env, timeout=120)
     assert match in one_line_error(r, code)
     assert not (tmp_path / "w").exists()
 

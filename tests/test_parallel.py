@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import data, train
+from fastnst import data, export, train
 from tests.helpers import ROOT, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
@@ -120,39 +120,82 @@ def _steps_logged(work) -> list[int]:
     return [json.loads(ln)["step"] for ln in lines if ln.endswith("}")]
 
 
-@pytest.mark.slow
-def test_two_processes_stop_together_when_one_gets_sigterm_and_resume(tmp_path, weights_cache, reaped):
-    """SIGTERM to process 1 only: both processes leave at the same step, save one checkpoint
-    together and exit 130 with the same line (each once decided alone and process 0 waited
-    forever in the next collective); the same command resumes from that step."""
-    cfg = tiny_config(tmp_path, steps=500)
-    cfg.train.update(log_every=1, ckpt_every=1000, sample_every=1000)
-    work = tmp_path / "run"
-    procs = _launch_two(cfg, work, tmp_path / "logs")
-    reaped += procs
-    deadline = time.monotonic() + 400
-    while len(_steps_logged(work)) < 2:  # training is under way on both
-        assert all(p.poll() is None for p in procs), [e[-3000:] for e in _stderr(tmp_path / "logs")]
-        assert time.monotonic() < deadline, [e[-3000:] for e in _stderr(tmp_path / "logs")]
+def _wait_for_steps(work, procs, logs, n: int, timeout: float = 400) -> None:
+    """Until `n` more steps than now are logged (training is under way on both)."""
+    target = len(_steps_logged(work)) + n
+    deadline = time.monotonic() + timeout
+    while len(_steps_logged(work)) < target:
+        assert all(p.poll() is None for p in procs), [e[-3000:] for e in _stderr(logs)]
+        assert time.monotonic() < deadline, [e[-3000:] for e in _stderr(logs)]
         time.sleep(0.05)
+
+
+def _finish(procs, logs, timeout: float) -> tuple[list[int], list[list[str]], float]:
+    """Waits for every process (at most `timeout` s): exit codes, stderr lines, seconds taken."""
+    t = time.monotonic()
+    for p in procs:
+        p.wait(timeout=timeout)
+    lines = [[ln for ln in err.splitlines() if ln.strip()] for err in _stderr(logs)]
+    return [p.returncode for p in procs], lines, time.monotonic() - t
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_refuse_together_and_resume(tmp_path, weights_cache, reaped):
+    """The README's two-process launch through every way a run ends, on one workdir:
+    a time limit (each process's own clock) ends both at the same step, exported; a changed config
+    is refused by both with the same line before any collective; SIGTERM to process 1 only ends both
+    at one step with one checkpoint, exit 130 (each once decided alone and the other waited forever);
+    kill -9 of process 1 ends process 0 within seconds with one line naming the last complete
+    checkpoint (it once waited 70 s, then aborted natively with Orbax tracebacks); the same command
+    then resumes from that checkpoint."""
+    cfg = tiny_config(tmp_path, steps=500)
+    cfg.train.update(log_every=1, ckpt_every=1000, sample_every=1000, time_limit_s=3.0)
+    work, n = tmp_path / "run", iter(range(100))
+
+    def launch(c):
+        logs = tmp_path / f"logs{next(n)}"
+        procs = _launch_two(c, work, logs)
+        reaped.extend(procs)
+        return procs, logs
+
+    procs, logs = launch(cfg)  # 1. the time limit
+    codes, lines, _ = _finish(procs, logs, 600)
+    assert codes == [0, 0], lines
+    limit = _steps_logged(work)[-1]
+    assert 1 <= limit < 500 and (work / "checkpoints" / str(limit)).is_dir()
+    assert export.load_model(work / f"model{export.SUFFIX}").meta["steps"] == limit
+
+    wider = cfg.copy_and_resolve_references()  # 2. a config that changes what is trained
+    wider.model.width = 0.25
+    procs, logs = launch(wider)
+    codes, lines, took = _finish(procs, logs, 120)
+    assert codes == [1, 1] and lines[0] == lines[1] and len(lines[0]) == 1, lines
+    assert "holds a run with a different config (model.width: 0.125 -> 0.25)" in lines[0][0]
+
+    cfg.train.time_limit_s = 0.0  # 3. SIGTERM to process 1 (no limit: a harmless change)
+    procs, logs = launch(cfg)
+    _wait_for_steps(work, procs, logs, 2)
     procs[1].terminate()
-    sent = time.monotonic()
-    for p in procs:
-        p.wait(timeout=120)
-    gone_after = time.monotonic() - sent
-    errs = _stderr(tmp_path / "logs")
-    lines = [[ln for ln in err.splitlines() if ln.startswith("interrupted at step")] for err in errs]
-    assert [p.returncode for p in procs] == [130, 130], [err[-1500:] for err in errs]
-    assert len(lines[0]) == len(lines[1]) == 1 and lines[0] == lines[1], lines
-    assert gone_after < 60, gone_after
-    stopped = int(lines[0][0].split()[3].rstrip(";"))
-    assert 2 <= stopped < 500 and (work / "checkpoints" / str(stopped)).is_dir()
-    cfg.train.steps = stopped + 2  # the same command (a longer or shorter run is allowed) resumes
-    procs = _launch_two(cfg, work, tmp_path / "logs2")
-    reaped += procs
-    for p in procs:
-        p.wait(timeout=600)
-    assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for e in _stderr(tmp_path / "logs2")]
+    codes, lines, took = _finish(procs, logs, 120)
+    assert codes == [130, 130] and took < 60, (codes, took, lines)
+    stops = [[ln for ln in ls if ln.startswith("interrupted at step")] for ls in lines]
+    assert len(stops[0]) == 1 and stops[0] == stops[1], lines
+    stopped = int(stops[0][0].split()[3].rstrip(";"))
+    assert limit + 2 <= stopped < 500 and (work / "checkpoints" / str(stopped)).is_dir()
+
+    procs, logs = launch(cfg)  # 4. kill -9 of process 1
+    _wait_for_steps(work, procs, logs, 2)
+    procs[1].kill()
+    codes, lines, took = _finish(procs, logs, 120)
+    assert codes[0] == 1 and took < 30 and len(lines[0]) == 1, (codes, took, lines[0])
+    assert lines[0][0].startswith("error: process 0: another process of the job stopped")
+    assert lines[0][0].endswith(f"the last complete checkpoint is step {stopped}; rerun the same command "
+                                "on every process to resume")
+
+    cfg.train.steps = stopped + 2  # 5. the same command (a longer or shorter run is allowed) resumes
+    procs, logs = launch(cfg)
+    codes, lines, _ = _finish(procs, logs, 600)
+    assert codes == [0, 0], lines
     logged = _steps_logged(work)
     assert logged[-3:] == [stopped, stopped + 1, stopped + 2] and logged == sorted(set(logged))
 

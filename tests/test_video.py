@@ -17,8 +17,8 @@ from tests.helpers import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _clip(path: Path, *, frames=6, h=34, w=46, audio=True, rate=12, vfr=False) -> Path:
-    out = av.open(str(path), "w")
+def _clip(path: Path, *, frames=6, h=34, w=46, audio=True, rate=12, vfr=False, faststart=False) -> Path:
+    out = av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {})
     v = out.add_stream("libx264", rate=rate)
     v.height, v.width, v.pix_fmt = h, w, "yuv420p"
     v.codec_context.time_base = Fraction(1, 1200)
@@ -86,6 +86,39 @@ def test_bad_video_files_get_one_line(tmp_path, make, match):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and match in lines[0], r.stderr
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_truncated_video_is_written_from_its_readable_frames_and_reported(tmp_path):
+    """A cut-off mp4 whose index comes first (as streamed files have) decodes quietly short: the
+    lost frames are counted against the index, the readable ones written, and the result is an
+    error unless the user accepts it."""
+    from fastnst import stylize, video
+
+    whole = _clip(tmp_path / "whole.mp4", frames=40, audio=False, faststart=True)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 3 // 5])
+    assert video.process_video(whole, tmp_path / "a.mp4", lambda x: x, progress=False).lost == 0
+    r = video.process_video(cut, tmp_path / "b.mp4", lambda x: x, progress=False)
+    assert r.expected == 40 and 0 < r.frames < 40 and r.lost == 40 - r.frames
+    assert _probe(tmp_path / "b.mp4")["frames"] == r.frames
+    model = stylize.load_model("the_scream")
+    (res,) = stylize.run_files(model, [cut], tmp_path / "c.mp4", progress=False)
+    assert res.dst is None and f"{r.lost} of 40 frames could not be read" in res.error
+    assert _probe(tmp_path / "c.mp4")["frames"] == r.frames  # written all the same: no work lost
+    (res,) = stylize.run_files(model, [cut], tmp_path / "d.mp4", progress=False, allow_missing_frames=True)
+    assert res.error is None and f"{r.lost} of 40 frames could not be read" in res.note
+
+
+def test_avi_output_keeps_the_frame_rate(tmp_path):
+    """AVI stores one tick per frame: a 12 fps clip stays 12 fps with 6 frames (copying the mp4's
+    fine time base once gave 600 fps and thousands of empty frames)."""
+    from fastnst import video
+
+    r = video.process_video(_clip(tmp_path / "in.mp4", audio=False), tmp_path / "o.avi", lambda x: x,
+                            progress=False)
+    got = _probe(tmp_path / "o.avi")
+    assert r.frames == got["frames"] == 6 and got["rate"] == 12 and got["pts"] == list(range(6))
 
 
 def _silence(out, stream, frames: int) -> None:
