@@ -25,8 +25,14 @@ def one_line_errors(main):
             return main(*args, **kwargs)
         except FastnstError as e:
             print(f"error: {e}", file=sys.stderr)
-            if isinstance(e, JobError) or _in_distributed_job():
-                _exit_now(1)  # JAX's shutdown would wait for processes that did not fail with this one
+            if _in_distributed_job():
+                # Processes that fail alike (a refused workdir) leave together; a lost process or one
+                # that carries on is not waited for (JAX's own shutdown would wait minutes for it).
+                from fastnst import parallel
+
+                if not isinstance(e, JobError):
+                    parallel.leave(timeout_s=15)
+                _exit_now(1)
             return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

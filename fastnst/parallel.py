@@ -155,6 +155,19 @@ def barrier(name: str) -> None:
                                        "stopped, refused its config or workdir, or is stuck")
 
 
+def leave(timeout_s: float) -> None:
+    """JAX's distributed shutdown (a barrier with every process, then the coordination service
+    stops), waited for at most `timeout_s`. Processes that fail alike meet there and exit cleanly;
+    leaving alone instead, the process hosting the service took it down while the others were
+    still printing their line, and they aborted natively (seen with a resume refused by both)."""
+    from fastnst.errors import JobError
+
+    try:
+        _wait_in_thread(jax.distributed.shutdown, timeout_s, lambda: "the others did not leave")
+    except JobError:
+        pass
+
+
 def agree(*flags: bool) -> tuple[bool, ...]:
     """Each flag OR-ed over every process of the job (one small all-gather; free with one process).
 

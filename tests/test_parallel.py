@@ -147,7 +147,7 @@ def test_two_processes_stop_together_refuse_together_and_resume(tmp_path, weight
     at one step with one checkpoint, exit 130 (each once decided alone and the other waited forever);
     kill -9 of process 1 ends process 0 within seconds with one line naming the last complete
     checkpoint (it once waited 70 s, then aborted natively with Orbax tracebacks); the same command
-    then resumes from that checkpoint."""
+    then resumes from that checkpoint and logs the same losses for the steps it repeats."""
     cfg = tiny_config(tmp_path, steps=500)
     cfg.train.update(log_every=1, ckpt_every=1000, sample_every=1000, time_limit_s=3.0)
     work, n = tmp_path / "run", iter(range(100))
@@ -191,6 +191,7 @@ def test_two_processes_stop_together_refuse_together_and_resume(tmp_path, weight
     assert lines[0][0].startswith("error: process 0: another process of the job stopped")
     assert lines[0][0].endswith(f"the last complete checkpoint is step {stopped}; rerun the same command "
                                 "on every process to resume")
+    before = _losses(work, stopped + 1, stopped + 2)  # logged before the kill, dropped on resume
 
     cfg.train.steps = stopped + 2  # 5. the same command (a longer or shorter run is allowed) resumes
     procs, logs = launch(cfg)
@@ -198,6 +199,12 @@ def test_two_processes_stop_together_refuse_together_and_resume(tmp_path, weight
     assert codes == [0, 0], lines
     logged = _steps_logged(work)
     assert logged[-3:] == [stopped, stopped + 1, stopped + 2] and logged == sorted(set(logged))
+    assert _losses(work, stopped + 1, stopped + 2) == before  # the same steps again: exact resume
+
+
+def _losses(work, *steps) -> list[float]:
+    rows = {r["step"]: r["loss"] for r in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())}
+    return [rows[s] for s in steps]
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_path):
