@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastnst import gatys, losses, nets, train, vgg
+from fastnst.step import create_train_state, jit_step
 
 PAPER_STYLE = dict(norm="batch", upsample="transpose", padding="paper")
 # The architecture of shared/peers/torch_peer.py (instance norm, reflection padding at every
@@ -77,15 +78,16 @@ def train_step(spec: losses.LossSpec, size: int = 256, batch: int = 4, *, varian
                repeats: int = 5, vgg_params=None) -> dict:
     """Time of one train step (net forward/backward + VGG-16 losses `spec` + Adam)."""
     net = nets.style_net(**variant)
-    holder = [train.create_train_state(net, jax.random.key(0), lr=1e-3)]
+    holder = [create_train_state(net, jax.random.key(0), lr=1e-3)]
     vgg_params = vgg_params or vgg.random_params()
     grams = train.style_targets(vgg_params, np.asarray(_image(size)[0]), spec.style_layers, size)
     x = _image(size, batch, seed=1)
     batch_ = {"input": x, "target": x}
-    compiled, c = _compile(train.jit_train_step, holder[0], batch_, vgg_params, grams, spec=spec)
+    # the step training runs (jit_step: sharded over this machine's devices)
+    compiled, c = _compile(jit_step(), holder[0], batch_, vgg_params, grams, spec, None, "float32")
 
     def call():  # the state is donated: thread it through the calls
-        holder[0], metrics = compiled(holder[0], batch_, vgg_params, grams)
+        holder[0], metrics = compiled(holder[0], batch_, vgg_params, grams, None)
         return metrics
 
     return measure(call, repeats=repeats, compile_s=c)

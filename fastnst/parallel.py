@@ -2,8 +2,9 @@
 
 A 1-D mesh over every device of the job with a `data` axis: batches are sharded along it;
 parameters, optimizer state, VGG weights and style Grams are replicated. The train step is jitted
-with these shardings given explicitly (`sharded_train_step`), so XLA inserts the gradient
-all-reduce, and batch norm statistics are those of the global batch, as on one device.
+with these shardings given explicitly (`step.jit_step`), so XLA inserts the gradient all-reduce,
+and batch norm statistics are those of the global batch, as on one device. This module knows
+meshes, shardings and processes, nothing of training.
 
 Several hosts: `initialize()` calls `jax.distributed.initialize()` when the job asks for it
 (`bin/train --coordinator=... --num_processes=... --process_id=...`, or a cluster environment JAX
@@ -16,7 +17,6 @@ written by all processes together.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Mapping
@@ -220,19 +220,3 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
 def is_writer() -> bool:
     """Whether this process writes files (process 0)."""
     return jax.process_index() == 0
-
-
-def _step(state, batch, vgg_params, style_grams, rng, spec, compute_dtype):
-    from fastnst import train
-
-    return train.train_step(state, batch, vgg_params, style_grams, spec, rng, compute_dtype)
-
-
-@functools.lru_cache(maxsize=8)
-def sharded_train_step(mesh: Mesh):
-    """`train.train_step` jitted with explicit shardings on `mesh` (state donated); call it as
-    `step(state, batch, vgg_params, style_grams, rng, spec, compute_dtype)`, all positional (the
-    last two static)."""
-    rep, data = replicated(mesh), data_sharded(mesh)
-    return jax.jit(_step, static_argnums=(5, 6), donate_argnums=0,
-                   in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))

@@ -1,8 +1,8 @@
-"""Training: TrainState, the pure train step, the loop, Orbax checkpoints, export.
+"""Training: the loop, Orbax checkpoints, divergence checks, export.
 
 `train_and_evaluate(config, workdir)` runs a whole job (style transfer or super-resolution,
 chosen by `config.model.task`), resuming from the newest checkpoint in `workdir` if there is one.
-`train_step` is module-level and pure: everything it needs is an argument.
+The step itself (pure, and its one jitted, sharded form) is `fastnst.step`.
 """
 
 from __future__ import annotations
@@ -14,86 +14,15 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
-from flax.training import train_state
 
 from fastnst import data, export, images, losses, nets, parallel, schema, stylize, vgg, weights_io
 from fastnst.errors import ConfigError, FastnstError, JobError
-
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState plus batch-norm statistics."""
-    batch_stats: Any = dataclasses.field(default_factory=dict)
-
-
-def variables_of(state: TrainState, params=None) -> dict:
-    """The variables dict (`params`, and `batch_stats` when there are any) of a state."""
-    v = {"params": state.params if params is None else params}
-    return {**v, "batch_stats": state.batch_stats} if state.batch_stats else v
-
-
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Mapping,
-               style_grams: Mapping[str, jax.Array], spec: losses.LossSpec,
-               rng: jax.Array | None = None, compute_dtype: str = "float32") -> tuple[TrainState, dict]:
-    """One Adam step on the transformation net; VGG and the style Grams are frozen inputs.
-
-    Args:
-      state: the transformation net's TrainState.
-      batch: `input` [N,h,w,3] for the net, `target` [N,H,W,3] for the losses, both in [0, 255].
-      vgg_params: VGG-16 variables (never differentiated).
-      style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
-      spec: loss terms, weights and layers (static).
-      rng: the run's base key, for stochastic terms (the stability term's perturbation); each step
-        uses `fold_in(rng, step)`, so a resumed run draws the same perturbation.
-      compute_dtype: 'float32' or 'bfloat16' for VGG-16 (the transformation net's dtype is its
-        own); losses, Grams and parameters stay float32 (static).
-
-    Returns:
-      (new state, metrics): metrics hold `loss` and each weighted part.
-    """
-    dtype = jnp.dtype(compute_dtype)
-    content = vgg.features(vgg_params, batch["target"], spec.content_layers, dtype=dtype) \
-        if spec.content_layers else None
-
-    def loss_fn(params):
-        mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable)
-        pred, updates = out if mutable else (out, {})
-        extra = {}
-        if spec.weight("stability"):
-            if rng is None:
-                raise ValueError("the stability term needs `rng`")
-            noisy, offset = losses.perturb(batch["input"], jax.random.fold_in(rng, state.step),
-                                           spec.stability_noise, spec.stability_shift)
-            out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable)
-            extra["pred_perturbed"] = out2[0] if mutable else out2
-            if spec.stability_shift:  # compare with the same crop of `pred` (output px: x scale)
-                extra["perturb_offset"] = offset * (pred.shape[1] // batch["input"].shape[1])
-        feats = vgg.features(vgg_params, pred, spec.vgg_layers, dtype=dtype) if spec.vgg_layers else None
-        total, parts = losses.total_loss(spec, pred=pred, pred_feats=feats, content_feats=content,
-                                         style_grams=style_grams, target=batch["target"], **extra)
-        return total, (parts, updates)
-
-    (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
-    return state, {"loss": total, **parts}
-
-
-jit_train_step = jax.jit(train_step, static_argnames=("spec", "compute_dtype"), donate_argnames="state")
-
-
-def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1
-                       ) -> TrainState:
-    """A fresh TrainState (Adam) for `net`."""
-    variables = nets.init(net, rng, scale=scale)
-    return TrainState.create(apply_fn=net.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=optax.adam(lr))
+from fastnst.step import TrainState, create_train_state, jit_step, variables_of
 
 
 def style_targets(vgg_params: Mapping, style_image: np.ndarray, layers, size: int) -> dict:
@@ -307,7 +236,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     # (the run's key as raw key data: replicable across processes; fold_in accepts it)
     state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
                                                        mesh)
-    sharded_step = parallel.sharded_train_step(mesh)
+    sharded_step = jit_step(mesh)
     mngr = checkpoint_manager(workdir, tc.keep)
     state = restore_latest(mngr, state)
     start = int(state.step)
@@ -358,7 +287,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                 if signalled or late:
                     break
                 batch = parallel.global_batch(next(it), mesh)
-                state, metrics = sharded_step(state, batch, vgg_params, grams, rng, spec, precision)
+                state, metrics = sharded_step(state, batch, vgg_params, grams, spec, rng, precision)
                 if on_step:
                     on_step(step, stop)
                 result.step = step

@@ -15,6 +15,7 @@ from flax import serialization
 
 from fastnst import export, images, schema, train
 from fastnst.errors import ConfigError, FastnstError, WeightsError
+from fastnst.step import create_train_state
 from tests.helpers import ROOT, one_line_error, run_cli, tiny_config
 
 # --------------------------------------------------------------------------- config values
@@ -107,7 +108,7 @@ def test_divergence_is_an_error_and_every_kept_checkpoint_is_finite(tmp_path, we
         train.train_and_evaluate(cfg, work, progress=False)
     assert ("no checkpoint was saved" in str(e.value)) == (not kept)
     assert not (work / "model.msgpack").exists()
-    net_state = train.create_train_state(train.nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
+    net_state = create_train_state(train.nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
     mngr = train.checkpoint_manager(work, keep=10)
     assert list(mngr.all_steps()) == kept
     for step in mngr.all_steps():

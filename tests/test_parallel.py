@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import data, export, train
+from fastnst import data, export
+from fastnst.step import jit_step
 from tests.helpers import ROOT, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
@@ -25,6 +26,7 @@ _TWO_DEVICES = textwrap.dedent("""
     from pathlib import Path
     from jax.sharding import Mesh
     from fastnst import losses, nets, parallel, train, vgg
+    from fastnst import step as step_
     from fastnst.errors import ConfigError
     from tests.helpers import tiny_config
 
@@ -39,8 +41,8 @@ _TWO_DEVICES = textwrap.dedent("""
     results, losses_ = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-        state = train.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
-        step = parallel.sharded_train_step(mesh)
+        state = step_.create_train_state(nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
+        step = step_.jit_step(mesh)
         rep = parallel.replicated(mesh)
         state, p, g, key = jax.device_put((state, params, grams, jax.random.key(1)), rep)
         for x in batches:
@@ -48,7 +50,7 @@ _TWO_DEVICES = textwrap.dedent("""
             if len(devices) == 2:
                 assert len(batch["input"].addressable_shards) == 2
                 assert batch["input"].addressable_shards[0].data.shape == (2, 32, 32, 3)
-            state, m = step(state, batch, p, g, key, spec, "float32")
+            state, m = step(state, batch, p, g, spec, key, "float32")
             losses_.append(float(m["loss"]))
         results.append(jax.device_get(state.params))
     # Same losses at every step (batch norm over the global batch, gradients all-reduced) ...
@@ -212,7 +214,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_pa
     out = {}
     for dtype in ("float32", "bfloat16"):
         t = tiny_step(vgg_params, cfg, dtype=dtype)
-        state, m = train.jit_train_step(t.state, t.batch, vgg_params, t.grams, t.spec, None, dtype)
+        state, m = jit_step()(t.state, t.batch, vgg_params, t.grams, t.spec, None, dtype)
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
         assert all(np.asarray(v).dtype == np.float32 and np.isfinite(float(v)) for v in m.values())
         out[dtype] = {k: float(v) for k, v in m.items()}

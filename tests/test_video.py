@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import losses, nets, temporal, train
+from fastnst import losses, nets, temporal
+from fastnst.step import jit_step, train_step, variables_of
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,12 +199,12 @@ def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
     cfg.loss.stability = 0.01
     t = tiny_step(vgg_params, cfg)
     with pytest.raises(ValueError, match="rng"):
-        train.train_step(t.state, t.batch, vgg_params, t.grams, t.spec)
-    forward = jax.jit(functools.partial(t.net.apply, train.variables_of(t.state), train=True))
+        train_step(t.state, t.batch, vgg_params, t.grams, t.spec)
+    forward = jax.jit(functools.partial(t.net.apply, variables_of(t.state), train=True))
 
     def metric(step, key, spec=t.spec):
         state = jax.tree.map(jnp.copy, t.state).replace(step=jnp.asarray(step, jnp.int32))
-        return float(train.jit_train_step(state, t.batch, vgg_params, t.grams, spec, key)[1]["stability"])
+        return float(jit_step()(state, t.batch, vgg_params, t.grams, spec, key, "float32")[1]["stability"])
 
     def expected(step, key):
         noisy, _ = losses.perturb(t.x, jax.random.fold_in(key, step), t.spec.stability_noise)
