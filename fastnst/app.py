@@ -296,17 +296,38 @@ def build(ws: Workspace, limits: Limits = Limits()):
     return page.queue(default_concurrency_limit=1)  # one job at a time per device; the queue is shown
 
 
+def _check_port(host: str, port: int) -> None:
+    """FastnstError when `host:port` cannot be bound (in use, or not an address of this machine)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise FastnstError(f"--host {host}: cannot resolve this address") from None
+    family, *_, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise FastnstError(f"cannot listen on {host}:{port} ({e.strerror}); "
+                               "choose another --port") from None
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, limits: Limits = Limits(), *, block: bool = True):
     """Builds the page in a fresh temporary workspace and serves it; the workspace is removed when
     the server stops (Ctrl-C, SIGTERM)."""
+    _check_port(host, port)  # before the page is built: a clear line, not Gradio's traceback
     ws = Workspace()
     os.environ["GRADIO_TEMP_DIR"] = str(ws.uploads)  # uploads and Gradio's copies live in the workspace
     print(f"uploads and results go to {ws.root} (removed when the app stops)", flush=True)
     try:
         page = build(ws, limits)
-        page.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb",
-                    share=False, inbrowser=False, show_error=True, prevent_thread_lock=not block,
-                    allowed_paths=[str(ws.root)])
+        try:
+            page.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb",
+                        share=False, inbrowser=False, show_error=True, prevent_thread_lock=not block,
+                        allowed_paths=[str(ws.root)])
+        except OSError as e:  # the port was taken meanwhile, or the address is not this machine's
+            raise FastnstError(f"cannot serve on {host}:{port}: {str(e).splitlines()[0]}") from None
     finally:
         if block:
             ws.close()

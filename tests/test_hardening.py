@@ -210,6 +210,8 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
     (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",
       "--process_id=1", "--coordinator=localhost:{port}", "--init_timeout_s=2"], {},
      "the job did not assemble within 2 s (--init_timeout_s)", 1),
+    (["bin/app", "--port=70000"], {}, "--port", 2),
+    (["bin/app", "--host=no-such-host.invalid"], {}, "cannot resolve", 1),
 ])
 def test_flags_and_environment_are_checked_before_any_work(tmp_path, args, env, match, code):
     from tests.test_parallel import _free_port
