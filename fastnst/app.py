@@ -24,7 +24,6 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +113,8 @@ def style(src, model: str, out_dir, *, strength: float = 1.0, preserve_color: bo
     m = _model(model)
     if m.config["task"] != "style":
         raise FastnstError("this is a super-resolution model; use the Upscale tab")
-    post = None
-    if preserve_color or strength < 1.0:
-        post = functools.partial(_finish, preserve_colors=preserve_color, strength=strength)
-    return run_one(m, src, out_dir, post=post, max_size=max_size, progress=progress)
-
-
-def _finish(out, photo, *, preserve_colors, strength):
-    return stylize.finish(out, photo, preserve_colors=preserve_colors, strength=strength)
+    return run_one(m, src, out_dir, post=stylize.finisher(preserve_colors=preserve_color, strength=strength),
+                   max_size=max_size, progress=progress)
 
 
 def upscale(src, model: str, out_dir, *, histogram_match: bool = False) -> tuple[Path, Path]:
@@ -162,11 +155,9 @@ class Workspace:
         self.uploads = self.root / "uploads"
         self.outputs.mkdir()
         self.uploads.mkdir()
-        self._lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
-            shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _photo_input(gr, **kwargs):

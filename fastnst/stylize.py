@@ -25,7 +25,7 @@ from fastnst.errors import ConfigError, FastnstError
 from fastnst.export import Model, load_model
 
 __all__ = ["Model", "load_model", "apply", "forward", "finish", "preserve_color", "blend",
-           "run_files", "plan_outputs", "FileResult"]
+           "finisher", "run_files", "plan_outputs", "FileResult"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -100,6 +100,14 @@ def finish(stylized: np.ndarray, photo: np.ndarray, *, preserve_colors: bool = F
         raise ConfigError(f"strength must be in [0, 1], got {strength}")
     out = preserve_color(stylized, photo) if preserve_colors else np.asarray(stylized, np.float32)
     return blend(out, photo, strength) if strength < 1.0 else out
+
+
+def finisher(*, preserve_colors: bool = False, strength: float = 1.0) -> Callable | None:
+    """`run_files`'s `post` for these settings (`finish` with them), or None when there is nothing
+    to do; bin/stylize and the web app both use it."""
+    if not (preserve_colors or strength < 1.0):
+        return None
+    return functools.partial(finish, preserve_colors=preserve_colors, strength=strength)
 
 
 # --------------------------------------------------------------------------- files

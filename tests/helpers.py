@@ -67,6 +67,15 @@ def tiny_step(vgg_params, cfg, *, lr: float = 1e-3, dtype: str = "float32", styl
     return SimpleNamespace(net=net, state=state, spec=spec, grams=grams, x=x, batch={"input": x, "target": x})
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a coordinator or a web app the test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Runs `python *args` from the repository root on the CPU, as a user would; output captured."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,

@@ -22,8 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from fastnst import data, images
-from tests.helpers import ROOT
-from tests.test_parallel import _free_port
+from tests.helpers import ROOT, free_port
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     big = images.resize(src, (round(h * 1024 / max(h, w)), round(w * 1024 / max(h, w))))
     photo = images.save_image(tmp / "photo.png", big)
     env = {k: v for k, v in os.environ.items() if k != "JAX_DISABLE_MOST_OPTIMIZATIONS"}
-    port = _free_port()
+    port = free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "bin/app", f"--port={port}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

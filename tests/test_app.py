@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from fastnst import data, images
-from tests.helpers import ROOT, run_cli
-from tests.test_parallel import _free_port
+from tests.helpers import ROOT, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +43,7 @@ def server(tmp_path_factory):
     """bin/app on a free port; at the end SIGTERM, and its temporary folder must be gone."""
     pytest.importorskip("gradio", reason="the app extra (gradio) is not installed")
     _chromium()
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "bin/app", f"--port={port}", "--max-megapixels=0.5"],

@@ -16,7 +16,7 @@ from flax import serialization
 from fastnst import export, images, schema, train
 from fastnst.errors import ConfigError, FastnstError, WeightsError
 from fastnst.step import create_train_state
-from tests.helpers import ROOT, one_line_error, run_cli, tiny_config
+from tests.helpers import ROOT, free_port, one_line_error, run_cli, tiny_config
 
 # --------------------------------------------------------------------------- config values
 
@@ -214,9 +214,7 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
     (["bin/app", "--host=no-such-host.invalid"], {}, "cannot resolve", 1),
 ])
 def test_flags_and_environment_are_checked_before_any_work(tmp_path, args, env, match, code):
-    from tests.test_parallel import _free_port
-
-    r = run_cli(*[a.format(t=tmp_path, port=_free_port()) for a in args], env=env, timeout=120)
+    r = run_cli(*[a.format(t=tmp_path, port=free_port()) for a in args], env=env, timeout=120)
     assert match in one_line_error(r, code)
     assert not (tmp_path / "w").exists()
 

@@ -15,7 +15,7 @@ import pytest
 
 from fastnst import data, export
 from fastnst.step import jit_step
-from tests.helpers import ROOT, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
+from tests.helpers import ROOT, free_port, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
     import sys
@@ -77,18 +77,10 @@ def test_two_devices_match_one(tmp_path, weights_cache):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _launch_two(cfg, work, logs):
     """The README's launch: the same bin/train command twice, process ids 0 and 1, one coordinator.
     Their stderr goes to files in `logs` (a pipe nobody reads could block a process mid-run)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     logs.mkdir(exist_ok=True)
     procs = []
