@@ -381,3 +381,15 @@ def test_kill_9_at_several_moments_resumes_to_bit_identical_parameters(tmp_path,
                                                      jax.tree.leaves(b.variables), strict=True))
     steps = [json.loads(ln)["step"] for ln in (work / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_app_on_a_port_in_use_is_one_line(tmp_path):
+    """Met while building the web app: Gradio's OSError traceback; now checked before the page."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run_cli("bin/app", f"--port={port}", timeout=120)
+    assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(r, 1)
