@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst import data, export, images, metrics, stylize, video
+from fastnst import data, images, metrics, modelfile, stylize, video
 from fastnst.errors import FastnstError
 
 
@@ -53,7 +53,7 @@ def _model(name_or_path: str) -> stylize.Model:
 
 def shipped(task: str) -> list[str]:
     """Names of the shipped models for `task` ("style" or "sr")."""
-    return [n for n in export.available() if _model(n).config["task"] == task]
+    return [n for n in modelfile.available() if _model(n).config["task"] == task]
 
 
 def check_request(path: str | os.PathLike, limits: Limits) -> None:

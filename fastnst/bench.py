@@ -260,12 +260,12 @@ def onnx_vs_fastnst(model_name: str = "the_scream", size: int = 512, repeats: in
 
     import onnxruntime as ort
 
-    from fastnst import deploy, export, stylize
+    from fastnst import export, modelfile, stylize
 
-    m = export.load_model(model_name)
+    m = modelfile.load_model(model_name)
     x = np.asarray(_image(size))
     with tempfile.TemporaryDirectory() as d:
-        path = deploy.to_onnx(m, Path(d) / "m.onnx")
+        path = export.to_onnx(m, Path(d) / "m.onnx")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         t = time.perf_counter()
         sess.run(None, {"image": x})
@@ -291,15 +291,15 @@ def tiling_case(kind: str, h: int, w: int, *, budget_mb: float | None = None, re
     """One tiled-inference measurement (run in its own process for a clean peak RSS): `kind` is
     `paper_bn` (the paper's network, batch norm, random weights) or a shipped model name; the input
     is uint8, as a decoded photo. Also reports the temporary buffer files left open afterwards (0)."""
-    from fastnst import export, stylize, tiling
+    from fastnst import modelfile, stylize, tiling
 
     if kind == "paper_bn":
         cfg = nets.model_config({"task": "style"})
         net = nets.build(cfg)
         variables = nets.init(net, jax.random.key(0))
-        model = export.Model(config=cfg, variables=variables, meta={})
+        model = modelfile.Model(config=cfg, variables=variables, meta={})
     else:
-        model = export.load_model(kind)
+        model = modelfile.load_model(kind)
     budget = int(budget_mb * 2**20) if budget_mb else tiling.default_budget()
     x = np.random.default_rng(1).integers(0, 256, (h, w, 3), np.uint8)  # as a decoded photo
     tiled = not tiling.fits(model.net, h, w, budget)
@@ -409,9 +409,9 @@ def video_case(model_name: str, clip: str, *, max_size: int | None, batch: int =
 
     import av
 
-    from fastnst import export, images, stylize, video
+    from fastnst import images, modelfile, stylize, video
 
-    model = export.load_model(model_name)
+    model = modelfile.load_model(model_name)
     with av.open(clip) as c:  # the image path on the same frames (the first 48), decoded beforehand
         frames = [images.resize_max_side(f.to_ndarray(format="rgb24").astype(np.float32), max_size)
                   for _, f in zip(range(48), c.decode(video=0), strict=False)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst import data, export, images, stylize, train
+from fastnst import data, images, modelfile, stylize, train
 
 
 def shipped_gallery(photo: str | os.PathLike, workdir: str | os.PathLike, *, max_side: int = 768,
@@ -19,8 +19,8 @@ def shipped_gallery(photo: str | os.PathLike, workdir: str | os.PathLike, *, max
     workdir = Path(workdir)
     content = images.resize_max_side(images.load_image(photo), max_side)
     outs = [content]
-    for name in export.available():
-        model = export.load_model(name)
+    for name in modelfile.available():
+        model = modelfile.load_model(name)
         if model.config["task"] != "style":
             continue
         t = time.perf_counter()

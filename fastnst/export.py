@@ -1,162 +1,229 @@
-"""Exported models: one msgpack file holding the network config and its variables.
+"""Deploying trained models outside fastnst: ONNX graphs and serialized JAX (`jax.export`).
 
-`bin/train` writes one at the end of a run; `bin/stylize` / `bin/upscale` and the notebook load
-it with `load_model`, by path or by the name of a model shipped in `fastnst/pretrained/`.
+Both take and return images the way `stylize.apply` does: NHWC float32 RGB in [0, 255], any
+batch, height and width (a scale x larger output for super-resolution).
+
+* ONNX (`to_onnx`): the graph is built node by node with `onnx.helper` from the model's
+  parameters rather than traced by a converter: the network is a dozen standard operators
+  (Conv, ConvTranspose, Resize, BatchNormalization, InstanceNormalization, Pad, Slice, Clip, Tanh),
+  and fastnst's own CPU convolution forms (custom VJPs, padding tricks) would otherwise leak into the
+  graph. Height and width are dynamic (the padding to a multiple of the stride and the final crop
+  are computed from the input's shape); the opset, layout and value range are written into the
+  model's metadata. `dtype='float16'` stores the weights in float16 (half the file) and computes
+  in float32. Reflection padding in ONNX needs each side to be larger than the pad, so style
+  models with the paper's 40 px border take inputs of at least 41 px per side.
+* JAX (`to_jax`): `jax.export` of the inference function with the weights baked in,
+  shape-polymorphic in batch, height and width (the same minimum sides), lowered for the CPU and
+  CUDA.
+  `jax.export.deserialize(blob).call(images)` runs it with plain `jax`, no fastnst import.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import os
-import re
-from collections.abc import Mapping
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
-from fastnst import nets
-from fastnst.errors import ConfigError, WeightsError
+from fastnst import __version__, nets
+from fastnst.errors import FastnstError
 from fastnst.images import atomic_write_bytes
+from fastnst.modelfile import Model
 
-FORMAT = "fastnst-model-v2"
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-SUFFIX = ".msgpack"
-_STORE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": jnp.bfloat16}
-
-
-@dataclasses.dataclass(frozen=True)
-class Model:
-    """A trained transformation network ready for inference."""
-
-    config: dict  # the `config.model` block, completed with defaults: task, scale, norm, ...
-    variables: dict
-    meta: dict
-
-    @property
-    def net(self) -> nets.TransformNet:
-        """The network this model's variables belong to."""
-        return nets.build(self.config)
-
-    @property
-    def scale(self) -> int:
-        """Output size / input size (1 for style transfer)."""
-        return int(self.config["scale"]) if self.config["task"] == "sr" else 1
+OPSET = 17
+_TANH_CLIP = 10.0
+FORMATS = ("onnx", "jax")
+SUFFIXES = {"onnx": ".onnx", "jax": ".jaxexport"}  # the file name an export must have, per format
+METADATA = {"layout": "NHWC", "range": "0..255", "color": "RGB", "dtype": "float32"}
 
 
-def save_model(path: str | os.PathLike, model_config: Mapping, variables: Mapping, *,
-               dtype: str = "float32", meta: Mapping | None = None) -> Path:
-    """Writes config + variables (optionally stored as float16/bfloat16) to one file, atomically."""
-    store = _STORE_DTYPES[dtype]
-    host = jax.tree.map(lambda a: np.asarray(jnp.asarray(a, store)), jax.device_get(dict(variables)))
-    blob = serialization.msgpack_serialize({
-        "format": FORMAT, "config": json.dumps(nets.model_config(model_config)),
-        "meta": json.dumps(dict(meta or {})), "variables": host})
-    return atomic_write_bytes(path, blob)
+class _Graph:
+    """A tiny builder: unique names, initializers, nodes."""
+
+    def __init__(self, weight_dtype):
+        from onnx import helper
+
+        self.helper, self.nodes, self.inits, self.n = helper, [], [], 0
+        self.weight_dtype = weight_dtype
+
+    def name(self, prefix: str) -> str:
+        """A fresh node or tensor name."""
+        self.n += 1
+        return f"{prefix}_{self.n}"
+
+    def const(self, value, prefix="c", weight=False) -> str:
+        """An initializer (a weight is stored in the graph's weight dtype)."""
+        from onnx import numpy_helper
+
+        name = self.name(prefix)
+        arr = np.asarray(value)
+        if weight and self.weight_dtype == np.float16:
+            self.inits.append(numpy_helper.from_array(arr.astype(np.float16), name + "_f16"))
+            return self.op("Cast", [name + "_f16"], to=1)  # to float32
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def op(self, kind: str, inputs, **attrs) -> str:
+        """Appends a node; returns its output's name."""
+        out = self.name(kind.lower())
+        self.nodes.append(self.helper.make_node(kind, list(inputs), [out], **attrs))
+        return out
 
 
-def resolve(name_or_path: str | os.PathLike) -> Path:
-    """A model path, or the file of a shipped model given by name (e.g. `starry_night`)."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    shipped = PRETRAINED_DIR / f"{name_or_path}{SUFFIX}"
-    if shipped.is_file():
-        return shipped
-    if p.is_dir():
-        raise WeightsError(f"{p}: is a folder, not a model file")
-    names = ", ".join(available()) or "none"
-    raise WeightsError(f"{name_or_path}: no such model file, and not a shipped model ({names})")
+def _conv(g: _Graph, x, p, *, stride=1, pad=0, reflect=False):
+    kernel, bias = np.asarray(p["kernel"], np.float32), np.asarray(p["bias"], np.float32)
+    k = kernel.shape[0]
+    if reflect and pad:
+        x = _pad_const(g, x, pad, "reflect")
+        pad = 0
+    return g.op("Conv", [x, g.const(kernel.transpose(3, 2, 0, 1), "w", True), g.const(bias, "b", True)],
+                kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
 
 
-def available() -> list[str]:
-    """Names of the models shipped in `fastnst/pretrained/`."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob(f"*{SUFFIX}"))
+def _pad_const(g: _Graph, x, pad: int, mode: str):
+    return g.op("Pad", [x, g.const(np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))], mode=mode)
 
 
-_V1_RESIDUAL = re.compile(r"^(res\d+)_(conv\d|norm\d)$")
+def _norm(g: _Graph, x, kind: str, p, stats):
+    scale = g.const(np.asarray(p["scale"], np.float32), "scale", True)
+    bias = g.const(np.asarray(p["bias"], np.float32), "shift", True)
+    if kind == "batch":
+        mean = g.const(np.asarray(stats["mean"], np.float32), "mean", True)
+        var = g.const(np.asarray(stats["var"], np.float32), "var", True)
+        return g.op("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
+    return g.op("InstanceNormalization", [x, scale, bias], epsilon=1e-5)
 
 
-def migrate_v1(variables: dict) -> dict:
-    """v1 -> v2 variable names: residual blocks became submodules (`res0_conv0` -> `res0/conv0`)."""
-    out = {}
-    for collection, tree in variables.items():
-        new = {}
-        for name, leaf in tree.items():
-            m = _V1_RESIDUAL.match(name)
-            if m:
-                new.setdefault(m.group(1), {})[m.group(2)] = leaf
-            else:
-                new[name] = leaf
-        out[collection] = new
-    return out
+def _up(g: _Graph, x, kind: str, p, *, edge_pad: bool):
+    kernel, bias = np.asarray(p["kernel"], np.float32), np.asarray(p["bias"], np.float32)
+    if kind == "transpose":
+        # flax's ConvTranspose(3x3, stride 2, 'SAME') = ONNX ConvTranspose with the kernel flipped,
+        # laid out (in, out, kh, kw), padding 0 before and 1 after (output 2n).
+        w = kernel[::-1, ::-1].transpose(2, 3, 0, 1)
+        w = g.const(np.ascontiguousarray(w), "w", True)
+        return g.op("ConvTranspose", [x, w, g.const(bias, "b", True)], kernel_shape=[3, 3], strides=[2, 2],
+                    pads=[0, 0, 1, 1])
+    # nearest x2 then a 3x3 conv; reflection padding of the upsampled image = edge padding
+    up = g.op("Resize", [x, "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest",
+              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    if edge_pad:
+        up = _pad_const(g, up, 1, "edge")
+    return g.op("Conv", [up, g.const(kernel.transpose(3, 2, 0, 1), "w", True), g.const(bias, "b", True)],
+                kernel_shape=[3, 3], pads=[0 if edge_pad else 1] * 4)
 
 
-_MIGRATIONS = {"fastnst-model-v1": migrate_v1, FORMAT: lambda v: v}
+def onnx_graph(model: Model, *, dtype: str = "float32"):
+    """The model as an `onnx.ModelProto` (see the module docstring for its conventions)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if dtype not in ("float32", "float16"):
+        raise FastnstError(f"ONNX dtype must be float32 or float16, got {dtype!r}")
+    net, cfg = model.net, model.config
+    params, stats = model.variables["params"], model.variables.get("batch_stats", {})
+    kind = cfg["norm"]
+    paper = net.padding == "paper"
+    g = _Graph(np.float16 if dtype == "float16" else np.float32)
+    mult = 2 ** len(net.down)
+    factor = 2 ** len(net.up) // mult
+
+    x = g.op("Transpose", ["image"], perm=[0, 3, 1, 2])
+    x = g.op("Sub", [g.op("Div", [x, g.const(np.float32(127.5))]), g.const(np.float32(1.0))])
+    shape = g.op("Shape", ["image"])
+    hw = g.op("Slice", [shape, g.const(np.array([1], np.int64)), g.const(np.array([3], np.int64))])
+    if mult > 1:  # reflect-pad bottom/right to a multiple of the stride, as the network does
+        m = g.const(np.array([mult, mult], np.int64))
+        extra = g.op("Mod", [g.op("Sub", [m, g.op("Mod", [hw, m])]), m])
+        pads = g.op("Concat", [g.const(np.zeros(4, np.int64)), g.const(np.zeros(2, np.int64)), extra], axis=0)
+        x = g.op("Pad", [x, pads], mode="reflect")
+    if paper:
+        x = _pad_const(g, x, 2 * net.num_res * mult, "reflect")
+
+    def conv_norm_relu(x, name, norm_name, stride=1):
+        x = _conv(g, x, params[name], stride=stride, pad=params[name]["kernel"].shape[0] // 2,
+                  reflect=not paper)
+        return g.op("Relu", [_norm(g, x, kind, params[norm_name], stats.get(norm_name))])
+
+    x = conv_norm_relu(x, "conv_in", "norm_in")
+    for i in range(len(net.down)):
+        x = conv_norm_relu(x, f"down{i}", f"norm_down{i}", stride=2)
+    for i in range(net.num_res):
+        p, s = params[f"res{i}"], stats.get(f"res{i}", {})
+        y = _conv(g, x, p["conv0"], pad=0 if paper else 1, reflect=not paper)
+        y = g.op("Relu", [_norm(g, y, kind, p["norm0"], s.get("norm0"))])
+        y = _norm(g, _conv(g, y, p["conv1"], pad=0 if paper else 1, reflect=not paper), kind, p["norm1"],
+                  s.get("norm1"))
+        if paper:  # unpadded convs: crop the identity by 2 on each side
+            x = g.op("Slice", [x, g.const(np.array([2, 2], np.int64)), g.const(np.array([-2, -2], np.int64)),
+                               g.const(np.array([2, 3], np.int64))])
+        x = g.op("Add", [x, y])
+    for i in range(len(net.up)):
+        x = _up(g, x, cfg["upsample"], params[f"up{i}"], edge_pad=not paper)
+        x = g.op("Relu", [_norm(g, x, kind, params[f"norm_up{i}"], stats.get(f"norm_up{i}"))])
+    x = _conv(g, x, params["conv_out"], pad=4, reflect=not paper)
+    ends = g.op("Mul", [hw, g.const(np.array([factor, factor], np.int64))])
+    x = g.op("Slice", [x, g.const(np.array([0, 0], np.int64)), ends, g.const(np.array([2, 3], np.int64))])
+    # Clip before Tanh: OpenCV's DNN module fuses Conv+Tanh into a kernel that returns NaN for large
+    # inputs (0.1% of the_scream's pixels where its output saturates). In float32 tanh(x) is
+    # exactly +-1 for |x| >= 10 (NumPy; XLA from 9), so clipping at +-10 changes no output value.
+    x = g.op("Clip", [x, g.const(np.float32(-_TANH_CLIP)), g.const(np.float32(_TANH_CLIP))])
+    x = g.op("Mul", [g.op("Add", [g.op("Tanh", [x]), g.const(np.float32(1.0))]), g.const(np.float32(127.5))])
+    g.nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[0, 2, 3, 1]))
+
+    graph = helper.make_graph(
+        g.nodes, f"fastnst_{cfg['task']}",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT,
+                                       ["batch", f"height*{factor}" if factor > 1 else "height",
+                                        f"width*{factor}" if factor > 1 else "width", 3])],
+        g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="fastnst", producer_version=__version__)
+    meta = {**METADATA, "weights_dtype": dtype, "opset": str(OPSET), "task": cfg["task"],
+            "scale": str(model.scale), "min_side": str(_min_side(net)),
+            "config": str(cfg), "model_meta": str(model.meta)}
+    helper.set_model_props(proto, meta)
+    onnx.checker.check_model(proto)
+    return proto
 
 
-def load_model(name_or_path: str | os.PathLike) -> Model:
-    """Loads an exported model (this format or an earlier one); variables come back as float32.
-
-    The file's config is validated against the architecture's schema and every array against the
-    shape the architecture expects, so a damaged or foreign file fails with one line.
-
-    Raises:
-      WeightsError: no such model, or a file that is not a valid fastnst model.
-    """
-    path = resolve(name_or_path)
-    try:
-        blob = serialization.msgpack_restore(path.read_bytes())
-    except Exception as e:  # msgpack raises many kinds for truncated or foreign bytes
-        raise WeightsError(f"{path}: not a fastnst model file ({type(e).__name__})") from None
-    try:
-        return _from_blob(blob)
-    except (ConfigError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise WeightsError(f"{path}: not a valid fastnst model file ({e})") from None
+def _min_side(net: nets.TransformNet) -> int:
+    """Smallest input side the ONNX graph accepts (reflection pads must be smaller than the side)."""
+    if net.padding == "paper":
+        return 2 * net.num_res * 2 ** len(net.down) + 1
+    return 16
 
 
-def _from_blob(blob) -> Model:
-    if not isinstance(blob, dict) or blob.get("format") not in _MIGRATIONS:
-        fmt = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"format {fmt!r}; this version reads {', '.join(_MIGRATIONS)}")
-    config, meta = json.loads(blob["config"]), json.loads(blob["meta"])
-    if not isinstance(config, dict) or not isinstance(meta, dict):
-        raise ValueError("config and meta must be JSON objects")
-    config = nets.model_config(config)
-    variables = blob["variables"]
-    if not isinstance(variables, dict):
-        raise ValueError("'variables' must be a mapping")
-    variables = _MIGRATIONS[blob["format"]](variables)
-    return Model(config=config, variables=_checked_variables(config, variables), meta=meta)
+def to_onnx(model: Model, out: str | os.PathLike, *, dtype: str = "float32") -> Path:
+    """Writes the model as an ONNX file, atomically."""
+    return atomic_write_bytes(out, onnx_graph(model, dtype=dtype).SerializeToString())
 
 
-@functools.lru_cache(maxsize=16)
-def _expected_shapes(config_json: str) -> dict:
-    """Path -> ShapeDtypeStruct of every variable the architecture has (abstract: no compute)."""
-    net = nets.build(json.loads(config_json))
-    expected = jax.eval_shape(lambda: nets.init(net, jax.random.key(0), scale=1))
-    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+def jax_export(model: Model, *, platforms=("cpu", "cuda")):
+    """`jax.export.Exported` of the inference function with the weights baked in, polymorphic in
+    batch, height and width."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    net, variables = model.net, jax.tree.map(jnp.asarray, model.variables)
+    side = _min_side(net)
+    b, h, w = export.symbolic_shape("b, h, w", constraints=(f"h >= {side}", f"w >= {side}"))
+    fn = jax.jit(lambda x: net.apply(variables, x))
+    return export.export(fn, platforms=platforms)(jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
 
 
-def _checked_variables(config: dict, variables: dict) -> dict:
-    """`variables` as float32 arrays, after checking names, shapes, dtypes and finiteness."""
-    want = _expected_shapes(json.dumps(config, sort_keys=True))
-    got = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(variables)}
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or extra:
-        raise ValueError(f"variables do not match the architecture (missing {missing[:3]}, "
-                         f"unexpected {extra[:3]})")
-    for key, spec in want.items():
-        a = got[key]
-        if not isinstance(a, np.ndarray) or a.dtype not in [np.dtype(d) for d in _STORE_DTYPES.values()]:
-            raise ValueError(f"{key} must be a float array, got {type(a).__name__} "
-                             f"{getattr(a, 'dtype', '')}")
-        if a.shape != spec.shape:
-            raise ValueError(f"{key} has shape {a.shape}, the architecture needs {spec.shape}")
-        if not np.all(np.isfinite(a.astype(np.float32))):
-            raise ValueError(f"{key} holds non-finite values")
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
+def to_jax(model: Model, out: str | os.PathLike) -> Path:
+    """Writes the serialized `jax.export` artifact (bytes), atomically."""
+    return atomic_write_bytes(out, bytes(jax_export(model).serialize()))
+
+
+def export_model(model: Model, out: str | os.PathLike, fmt: str, *, dtype: str = "float32") -> Path:
+    """`to_onnx` or `to_jax` by format name."""
+    if fmt == "onnx":
+        return to_onnx(model, out, dtype=dtype)
+    if fmt == "jax":
+        if dtype != "float32":
+            raise FastnstError("the jax format is float32 only")
+        return to_jax(model, out)
+    raise FastnstError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -4,17 +4,20 @@ of loss terms that training, the Gatys objective and the benchmarks all sum the 
 Images are NHWC in [0, 255]; features are dicts of NHWC VGG activations. Every function reduces
 to a scalar that is a mean over the batch.
 
-Adding a loss term is one function and one config key: decorate a function with keyword-only
-inputs with `@register("name")` and give `config.loss.name` a weight. `total_loss` passes every
-input it has by keyword (`pred`, `target`, `pred_feats`, `content_feats`, `style_grams`, the layer
-weights, and whatever extra inputs the caller adds), so a term declares what it reads and ignores
-the rest with `**_`.
+Adding a loss term is one function and one config key: decorate a function whose parameters are
+all keyword-only with `@register("name")` and give `config.loss.name` a weight. Its parameters are
+its declared inputs (those without a default are required); `total_loss` hands each term exactly
+the inputs it declares. An input that no registered term declares, or a required one that is
+missing, is an error at the call, so a misspelt name fails instead of being dropped. A term's
+settings (`register(..., options=...)`) live with the term; their config keys are
+`<term>_<option>` (e.g. `loss.stability_noise`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Mapping
 
 import chex
@@ -24,21 +27,56 @@ import jax.numpy as jnp
 from fastnst.errors import ConfigError
 
 TermFn = Callable[..., jax.Array]
-REGISTRY: dict[str, TermFn] = {}
 LAYER_KEYS = ("content_layers", "style_layers")
-OPTION_KEYS = ("stability_noise", "stability_shift")  # settings of a term, not weights
 
 
-def register(name: str) -> Callable[[TermFn], TermFn]:
-    """Registers a loss term under `name` (its config key); the function takes keyword-only inputs."""
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """A registered loss term: its function, the inputs it declares and its options' defaults."""
+
+    fn: TermFn
+    inputs: frozenset[str]
+    required: frozenset[str]
+    options: Mapping[str, float | int]
+
+
+REGISTRY: dict[str, Term] = {}
+
+
+def register(name: str, *, options: Mapping[str, float | int] | None = None
+             ) -> Callable[[TermFn], TermFn]:
+    """Registers a loss term under `name` (its config key).
+
+    The function's parameters must all be keyword-only and named (no `**kwargs`): they are the
+    inputs the term reads. `options` maps each setting of the term to its default (an int or a
+    float, >= 0); the config key of option `o` is `<name>_<o>`.
+    """
 
     def deco(fn: TermFn) -> TermFn:
-        if name in REGISTRY or name in LAYER_KEYS or name in OPTION_KEYS:
+        params = list(inspect.signature(fn).parameters.values())
+        loose = [p.name for p in params if p.kind is not p.KEYWORD_ONLY]
+        if loose:
+            raise ValueError(f"loss term {name!r}: every parameter must be keyword-only and named "
+                             f"(they are its declared inputs); not {loose}")
+        opts = dict(options or {})
+        keys = {name, *(f"{name}_{o}" for o in opts)}
+        if keys & set(config_keys()):
             raise ValueError(f"loss term {name!r} is already defined")
-        REGISTRY[name] = fn
+        REGISTRY[name] = Term(fn, frozenset(p.name for p in params),
+                              frozenset(p.name for p in params if p.default is p.empty), opts)
         return fn
 
     return deco
+
+
+def option_keys() -> dict[str, tuple[str, str]]:
+    """Config key -> (term, option) for every registered term's options."""
+    return {f"{t}_{o}": (t, o) for t, term in REGISTRY.items() for o in term.options}
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every key `config.loss` may hold: term weights, layer lists, term options."""
+    return (*REGISTRY, *LAYER_KEYS, *option_keys())
 
 
 def terms() -> tuple[str, ...]:
@@ -48,13 +86,13 @@ def terms() -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """The static (hashable) objective: a weight per registered term and the VGG layers used."""
+    """The static (hashable) objective: a weight per registered term, the VGG layers used and the
+    options of the terms that are on (each option's default unless the config sets it)."""
 
     weights: tuple[tuple[str, float], ...] = ()
     content_layers: tuple[str, ...] = ()
     style_layers: tuple[str, ...] = ()
-    stability_noise: float = 8.0  # std of the Gaussian input noise of the stability term, on 0..255
-    stability_shift: int = 0  # largest shift (input px) of the stability term's perturbation; 0 = none
+    options: tuple[tuple[str, float | int], ...] = ()  # (config key, value), e.g. ("stability_noise", 8.0)
 
     def __post_init__(self):
         unknown = [k for k, _ in self.weights if k not in REGISTRY]
@@ -63,32 +101,50 @@ class LossSpec:
 
     @classmethod
     def from_config(cls, loss: Mapping) -> LossSpec:
-        """From `config.loss`: a weight per term and `content_layers` / `style_layers`.
+        """From `config.loss`: a weight per term, `content_layers` / `style_layers`, term options.
 
-        Unknown keys fail with the known ones listed. Terms with weight 0 are dropped, and so are
-        the layers of a content or style term that is off.
+        Unknown keys fail with the known ones listed; an option must be a number >= 0 (an integer
+        where its default is one), checked whether its term is on or not. Terms with weight 0 are
+        dropped, and so are the layers of a content or style term that is off and the options of
+        any term that is off.
         """
         loss = dict(loss)
-        unknown = sorted(set(loss) - set(REGISTRY) - set(LAYER_KEYS) - set(OPTION_KEYS))
+        unknown = sorted(set(loss) - set(config_keys()))
         if unknown:
-            raise ConfigError(f"unknown loss key(s) {unknown}; known: "
-                              f"{', '.join((*REGISTRY, *LAYER_KEYS, *OPTION_KEYS))}")
+            raise ConfigError(f"unknown loss key(s) {unknown}; known: {', '.join(config_keys())}")
         weights = tuple((k, float(loss[k])) for k in REGISTRY if loss.get(k, 0.0))
         w = dict(weights)
+        given = {key: _option(key, loss[key]) for key in option_keys() if key in loss}
+        options = tuple((key, given.get(key, REGISTRY[t].options[o]))
+                        for key, (t, o) in option_keys().items() if w.get(t))
         return cls(weights=weights,
                    content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
                    style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else (),
-                   stability_noise=float(loss.get("stability_noise", cls.stability_noise)),
-                   stability_shift=int(loss.get("stability_shift", cls.stability_shift)))
+                   options=options)
 
     def weight(self, term: str) -> float:
         """The weight of `term` (0 when it is off)."""
         return dict(self.weights).get(term, 0.0)
 
+    def option(self, term: str, name: str) -> float | int:
+        """Option `name` of `term` (its default when the config does not set it)."""
+        return dict(self.options).get(f"{term}_{name}", REGISTRY[term].options[name])
+
     @property
     def vgg_layers(self) -> tuple[str, ...]:
         """Every VGG layer the objective reads, content layers first, without repeats."""
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+
+def _option(key: str, value) -> float | int:
+    term, name = option_keys()[key]
+    as_int = isinstance(REGISTRY[term].options[name], int)
+    ok = (not isinstance(value, bool) and isinstance(value, int if as_int else int | float)
+          and math.isfinite(value) and value >= 0)
+    if not ok:
+        kind = "an integer" if as_int else "a finite number"
+        raise ConfigError(f"loss.{key} must be {kind} >= 0, got {value!r}")
+    return int(value) if as_int else float(value)
 
 
 def feature_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
@@ -147,32 +203,33 @@ def tv_loss(images: jax.Array) -> jax.Array:
 
 
 @register("content")
-def content_term(*, pred_feats, content_feats, content_layer_weights=None, **_) -> jax.Array:
+def content_term(*, pred_feats, content_feats, content_layer_weights=None) -> jax.Array:
     """Feature loss summed over the content layers (per-layer weights default to 1)."""
     cw = content_layer_weights or {name: 1.0 for name in content_feats}
     return sum(w * feature_loss(pred_feats[name], content_feats[name]) for name, w in cw.items())
 
 
 @register("style")
-def style_term(*, pred_feats, style_grams, style_layer_weights=None, **_) -> jax.Array:
+def style_term(*, pred_feats, style_grams, style_layer_weights=None) -> jax.Array:
     """Gram style loss over the style layers."""
     return style_loss(pred_feats, style_grams, style_layer_weights)
 
 
 @register("pixel")
-def pixel_term(*, pred, target, **_) -> jax.Array:
+def pixel_term(*, pred, target) -> jax.Array:
     """Per-pixel MSE against the target images."""
     return pixel_loss(pred, target)
 
 
 @register("tv")
-def tv_term(*, pred, **_) -> jax.Array:
+def tv_term(*, pred) -> jax.Array:
     """Total variation of the output."""
     return tv_loss(pred)
 
 
-@register("stability")
-def stability_term(*, pred, pred_perturbed, perturb_offset=None, **_) -> jax.Array:
+# noise: std of the Gaussian input noise, on 0..255; shift: the largest shift (input px), 0 = none.
+@register("stability", options={"noise": 8.0, "shift": 0})
+def stability_term(*, pred, pred_perturbed, perturb_offset=None) -> jax.Array:
     """Stability (Gupta et al., ICCV 2017): squared difference between the outputs for an input
     and for the same input slightly perturbed (`perturb`), / (C H W), batch mean.
 
@@ -207,13 +264,11 @@ def crop(images: jax.Array, offset: jax.Array, size: tuple[int, int]) -> jax.Arr
     return jax.lax.dynamic_slice(images, (0, offset[0], offset[1], 0), (n, *size, c))
 
 
-def _call_term(name: str, fn: TermFn, inputs: Mapping) -> jax.Array:
-    needed = [p.name for p in inspect.signature(fn).parameters.values()
-              if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    missing = [k for k in needed if inputs.get(k) is None]
+def _call_term(name: str, term: Term, inputs: Mapping) -> jax.Array:
+    missing = sorted(k for k in term.required if inputs.get(k) is None)
     if missing:
         raise ValueError(f"loss term {name!r} needs input(s) {missing}")
-    return fn(**{k: v for k, v in inputs.items() if v is not None})
+    return term.fn(**{k: v for k, v in inputs.items() if k in term.inputs and v is not None})
 
 
 def total_loss(weights: LossSpec | Mapping[str, float], **inputs) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -232,6 +287,11 @@ def total_loss(weights: LossSpec | Mapping[str, float], **inputs) -> tuple[jax.A
     """
     spec = weights if isinstance(weights, LossSpec) else LossSpec(
         weights=tuple((k, float(v)) for k, v in weights.items()))
+    known = set().union(*(term.inputs for term in REGISTRY.values()))
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise ValueError(f"no loss term reads input(s) {unknown}; the registered terms read "
+                         f"{', '.join(sorted(known))}")
     parts = {name: w * _call_term(name, REGISTRY[name], inputs) for name, w in spec.weights if w}
     total = sum(parts.values(), jnp.float32(0.0))
     return total, parts

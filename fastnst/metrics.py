@@ -2,10 +2,10 @@
 
 Evaluation protocol (as in SRCNN and the paper's Table 2): PSNR and SSIM on the ITU-R BT.601 luma
 channel of [0, 255] images, after shaving `scale` pixels from each border. Single-channel images
-(e.g. Set14's `bridge`) are evaluated on their own gray values. SSIM uses an 11x11 Gaussian window
-(sigma 1.5), population covariances and data range 255: identical to scikit-image's
-`structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-data_range=255)`.
+(e.g. Set14's `bridge`) are evaluated on their own gray values. PSNR, SSIM, luma and histogram
+matching are scikit-image's; SSIM uses a Gaussian window (sigma 1.5), population covariances and
+data range 255 (`structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False)`), as the SR literature does. LPIPS is JAX (it runs VGG-16).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from skimage import color, exposure
+from skimage import metrics as skm
 
-from fastnst import data, vgg
+from fastnst import vgg
 from fastnst.errors import WeightsError
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -24,8 +26,7 @@ LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
     """BT.601 luma of an HxWx3 [0, 255] image, in [16, 235] (MATLAB's rgb2ycbcr, channel Y)."""
-    image = np.asarray(image, np.float64)
-    return 16.0 + (65.481 * image[..., 0] + 128.553 * image[..., 1] + 24.966 * image[..., 2]) / 255.0
+    return color.rgb2ycbcr(np.asarray(image, np.float64) / 255.0)[..., 0]
 
 
 def shave(image: np.ndarray, border: int) -> np.ndarray:
@@ -34,26 +35,18 @@ def shave(image: np.ndarray, border: int) -> np.ndarray:
 
 
 def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0) -> float:
-    """Peak signal-to-noise ratio in dB."""
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
+    """Peak signal-to-noise ratio in dB (inf for identical images)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if np.array_equal(a, b):  # (scikit-image divides by the zero error, with a warning)
+        return float("inf")
+    return float(skm.peak_signal_noise_ratio(b, a, data_range=data_range))
 
 
 def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0, sigma: float = 1.5) -> float:
     """Mean SSIM of two single-channel images with Gaussian weighting (Wang et al. 2004)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-
-    def blur(x):  # scipy.ndimage.gaussian_filter(x, 1.5, truncate=3.5, mode='reflect')
-        return data.gaussian_blur(x[..., None], sigma, truncate=3.5)[..., 0].astype(np.float64)
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    pad = int(3.5 * sigma + 0.5)  # scikit-image averages away from the filter's border
-    return float(s[pad:-pad, pad:-pad].mean())
+    return float(skm.structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                           gaussian_weights=True, sigma=sigma,
+                                           use_sample_covariance=False, data_range=data_range))
 
 
 def luma(image: np.ndarray, gray: bool) -> np.ndarray:
@@ -69,17 +62,10 @@ def sr_scores(pred: np.ndarray, target: np.ndarray, *, scale: int, gray: bool = 
 
 
 def match_histograms(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-channel exact histogram matching of `image` to `reference` (as in the paper's SR
-    post-processing; the algorithm of scikit-image's `match_histograms`)."""
-    out = np.empty(image.shape, np.float64)
-    for c in range(image.shape[-1]):
-        src, ref = image[..., c].ravel(), reference[..., c].ravel()
-        s_values, s_index, s_counts = np.unique(src, return_inverse=True, return_counts=True)
-        r_values, r_counts = np.unique(ref, return_counts=True)
-        s_q = np.cumsum(s_counts) / src.size
-        r_q = np.cumsum(r_counts) / ref.size
-        out[..., c] = np.interp(s_q, r_q, r_values)[s_index].reshape(image.shape[:-1])
-    return out.astype(np.float32)
+    """Per-channel exact histogram matching of `image` to `reference` (the paper's SR
+    post-processing), float32."""
+    return exposure.match_histograms(np.asarray(image), np.asarray(reference),
+                                     channel_axis=-1).astype(np.float32)
 
 
 def lpips_weights(flat: Mapping[str, np.ndarray] | None = None) -> list[jnp.ndarray]:

@@ -97,10 +97,9 @@ def _validate_loss(c: Mapping) -> None:
     for term in losses.terms():
         if term in loss:
             _num(c, f"loss.{term}", 0.0)
-    if "stability_noise" in loss:
-        _num(c, "loss.stability_noise", 0.0, strict=True)
-    if "stability_shift" in loss:
-        _int(c, "loss.stability_shift", 0, c["train"]["image_size"] // 4)
+    if loss.get("stability_shift", 0) > c["train"]["image_size"] // 4:  # (its type: LossSpec)
+        raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
+                          f"({c['train']['image_size'] // 4}), got {loss['stability_shift']}")
     if not spec.weights:
         raise ConfigError(f"every loss weight is 0; set at least one of {', '.join(losses.terms())}")
     for key in losses.LAYER_KEYS:

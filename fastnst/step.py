@@ -61,11 +61,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
         if spec.weight("stability"):
             if rng is None:
                 raise ValueError("the stability term needs `rng`")
+            shift = spec.option("stability", "shift")
             noisy, offset = losses.perturb(batch["input"], jax.random.fold_in(rng, state.step),
-                                           spec.stability_noise, spec.stability_shift)
+                                           spec.option("stability", "noise"), shift)
             out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable)
             extra["pred_perturbed"] = out2[0] if mutable else out2
-            if spec.stability_shift:  # compare with the same crop of `pred` (output px: x scale)
+            if shift:  # compare with the same crop of `pred` (output px: x scale)
                 extra["perturb_offset"] = offset * (pred.shape[1] // batch["input"].shape[1])
         feats = vgg.features(vgg_params, pred, spec.vgg_layers, dtype=dtype) if spec.vgg_layers else None
         total, parts = losses.total_loss(spec, pred=pred, pred_feats=feats, content_feats=content,

@@ -19,10 +19,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from skimage import color
 
 from fastnst import images, tiling
 from fastnst.errors import ConfigError, FastnstError
-from fastnst.export import Model, load_model
+from fastnst.modelfile import Model, load_model
 
 __all__ = ["Model", "load_model", "apply", "forward", "finish", "preserve_color", "blend",
            "finisher", "run_files", "plan_outputs", "FileResult"]
@@ -64,19 +65,14 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     return y[0] if single else y
 
 
-_YIQ = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
-                 [0.211456, -0.522591, 0.311135]], np.float64)
-_YIQ_INV = np.linalg.inv(_YIQ)
-
-
 def rgb_to_yiq(image: np.ndarray) -> np.ndarray:
-    """RGB [0, 255] -> YIQ (NTSC), float64."""
-    return np.asarray(image, np.float64) @ _YIQ.T
+    """RGB [0, 255] -> YIQ (NTSC; scikit-image's matrix), float64."""
+    return color.rgb2yiq(np.asarray(image, np.float64))
 
 
 def yiq_to_rgb(yiq: np.ndarray) -> np.ndarray:
     """YIQ -> RGB, float32 (not clipped: saving clips to [0, 255])."""
-    return (np.asarray(yiq, np.float64) @ _YIQ_INV.T).astype(np.float32)
+    return color.yiq2rgb(np.asarray(yiq, np.float64)).astype(np.float32)
 
 
 def preserve_color(stylized: np.ndarray, photo: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fastnst import data, export, images, losses, nets, parallel, schema, stylize, vgg, weights_io
+from fastnst import data, images, losses, modelfile, nets, parallel, schema, stylize, vgg, weights_io
 from fastnst.errors import ConfigError, FastnstError, JobError
 from fastnst.step import TrainState, create_train_state, jit_step, variables_of
 
@@ -164,7 +164,7 @@ def prepare_workdir(workdir: Path, record: dict, *, write: bool = True) -> None:
     recorded_path = workdir / "config.json"
     ckpt = workdir / "checkpoints"
     started = (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
-               or (workdir / f"model{export.SUFFIX}").is_file())
+               or (workdir / f"model{modelfile.SUFFIX}").is_file())
     if started and recorded_path.is_file():
         try:
             recorded = json.loads(recorded_path.read_text())
@@ -322,8 +322,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             rows = _read_metrics(workdir / "metrics.jsonl")
             result.last_metrics = {k: v for k, v in (rows[-1] if rows else {}).items()
                                    if k not in ("step", "images_per_s", "bad_files")}
-        result.model_path = export.save_model(
-            workdir / f"model{export.SUFFIX}", model_cfg, variables_of(state),
+        result.model_path = modelfile.save_model(
+            workdir / f"model{modelfile.SUFFIX}", model_cfg, variables_of(state),
             meta={"steps": int(state.step), "planned_steps": tc.steps,
                   "final_metrics": result.last_metrics,
                   "style_image": config.get("style_image", ""), "data": source.name})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst import export, images, stylize, tiling
+from fastnst import images, modelfile, stylize, tiling
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT.parent / "shared" / "data" / "content" / "chicago.jpg"
@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--budget-mb", type=float, default=200.0)
     p.add_argument("--out", default=str(ROOT / "results" / "tiling_demo"))
     a = p.parse_args()
-    model = export.load_model(a.model)
+    model = modelfile.load_model(a.model)
     photo = images.load_image(PHOTO)
     budget = int(a.budget_mb * 2**20)
     whole = np.asarray(stylize.apply(model, photo, budget=2**40))

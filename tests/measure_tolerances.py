@@ -38,12 +38,12 @@ def _child(out: str, optimise: bool) -> None:
     import jax
 
     jax.config.update("jax_disable_most_optimizations", not optimise)
-    from fastnst import export, stylize
+    from fastnst import modelfile, stylize
 
     ref = np.load(REF)
     outs = {}
     for name in MODELS:
-        m = export.load_model(name)
+        m = modelfile.load_model(name)
         x = ref["input_style"] if m.config["task"] == "style" else ref["input_sr"]
         outs[name] = np.asarray(stylize.apply(m, x))
         others = np.random.default_rng(1).uniform(0, 255, (3, *x.shape[1:])).astype(np.float32)
@@ -114,13 +114,13 @@ def tiling_cases() -> dict:
 
 def deploy_cases(tmp: Path) -> dict:
     """ONNX (float32 and float16 weights) and jax.export (run in a fresh interpreter, as the test
-    does) vs stylize.apply, on the inputs of tests/test_deploy.py."""
-    from fastnst import export, stylize
-    from tests import test_deploy as t
+    does) vs stylize.apply, on the inputs of tests/test_export.py."""
+    from fastnst import modelfile, stylize
+    from tests import test_export as t
 
     rows = {}
-    for name in export.available():
-        m = export.load_model(name)
+    for name in modelfile.available():
+        m = modelfile.load_model(name)
         sessions = t.onnx_sessions(m, tmp)
         xs = t._inputs()
         refs = [np.asarray(stylize.apply(m, x)) for x in xs]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from fastnst import export, images, schema, train
+from fastnst import images, modelfile, schema, train
 from fastnst.errors import ConfigError, FastnstError, WeightsError
 from fastnst.step import create_train_state
 from tests.helpers import ROOT, free_port, one_line_error, run_cli, tiny_config
@@ -33,6 +33,8 @@ from tests.helpers import ROOT, free_port, one_line_error, run_cli, tiny_config
     ("loss.stability_shift", -1, "loss.stability_shift"),
     ("loss.stability_shift", 1.5, "loss.stability_shift"),
     ("loss.stability_shift", 10_000, "loss.stability_shift"),
+    ("loss.stability_noise", -1.0, "loss.stability_noise"),
+    ("loss.stability_noise", "8", "loss.stability_noise"),
 ])
 def test_bad_config_values_are_refused_up_front(tmp_path, key, value, match):
     c = tiny_config(tmp_path).to_dict()
@@ -264,14 +266,14 @@ def _write(tmp_path, blob, name="m.msgpack"):
      "non-finite"),
 ])
 def test_damaged_model_files_give_one_clear_error(tmp_path, mutate, match):
-    blob = _blob(export.resolve("the_scream"))
+    blob = _blob(modelfile.resolve("the_scream"))
     mutate(blob)
     with pytest.raises(WeightsError, match=match):
-        export.load_model(_write(tmp_path, blob))
+        modelfile.load_model(_write(tmp_path, blob))
 
 
 def test_fuzzed_model_files_never_raise_anything_but_weights_error(tmp_path):
-    data = export.resolve("sr_x4_pixel").read_bytes()
+    data = modelfile.resolve("sr_x4_pixel").read_bytes()
     rng = np.random.default_rng(0)
     outcomes = {"refused": 0, "loaded": 0}
     for i in range(60):
@@ -284,7 +286,7 @@ def test_fuzzed_model_files_never_raise_anything_but_weights_error(tmp_path):
         p = tmp_path / f"f{i}.msgpack"
         p.write_bytes(bytes(b))
         try:
-            m = export.load_model(p)
+            m = modelfile.load_model(p)
             assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(m.variables))
             outcomes["loaded"] += 1
         except WeightsError:
@@ -305,7 +307,7 @@ def test_time_limit_stop_logs_each_step_once_and_exports(tmp_path, weights_cache
     first = train.train_and_evaluate(cfg, work, progress=False,
                                      on_step=lambda s, _: s == 2 and time.sleep(2.5))  # the limit passes
     assert not first.interrupted and 1 <= first.step <= 2 and first.model_path is not None  # 1: slow compile
-    assert export.load_model(first.model_path).meta["steps"] == first.step
+    assert modelfile.load_model(first.model_path).meta["steps"] == first.step
     cfg.train.time_limit_s = 0  # none: a harmless change on resume
     assert train.train_and_evaluate(cfg, work, progress=False).step == 6
     steps = [json.loads(ln)["step"] for ln in (work / "metrics.jsonl").read_text().splitlines()]
@@ -324,7 +326,7 @@ def test_torn_metrics_line_and_pruning_leftovers_do_not_break_resume(tmp_path, w
     result = train.train_and_evaluate(cfg, work, progress=False)
     assert result.step == 4 and not (work / "checkpoints" / "_pruned").exists()
     again = train.train_and_evaluate(cfg, work, progress=False)  # nothing left to run
-    assert export.load_model(again.model_path).meta["final_metrics"]["loss"] > 0
+    assert modelfile.load_model(again.model_path).meta["final_metrics"]["loss"] > 0
 
 
 def _jax_native_code_loaded(pid: int) -> bool:
@@ -376,7 +378,7 @@ def test_kill_9_at_several_moments_resumes_to_bit_identical_parameters(tmp_path,
                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
         assert r.returncode == -9, r.stderr[-2000:]
     resumed = train.train_and_evaluate(cfg, work, progress=False)
-    a, b = export.load_model(straight.model_path), export.load_model(resumed.model_path)
+    a, b = modelfile.load_model(straight.model_path), modelfile.load_model(resumed.model_path)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.variables),
                                                      jax.tree.leaves(b.variables), strict=True))
     steps = [json.loads(ln)["step"] for ln in (work / "metrics.jsonl").read_text().splitlines()]

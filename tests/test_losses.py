@@ -87,7 +87,7 @@ def brightness_term():
     """A test-only loss term: one function, one registry entry; removed afterwards."""
 
     @losses.register("brightness")
-    def brightness(*, pred, **_):
+    def brightness(*, pred):
         return jnp.mean(pred) / 255.0
 
     yield brightness
@@ -117,3 +117,21 @@ def test_loss_spec_rejects_unknown_keys_and_missing_inputs():
         losses.LossSpec.from_config({"contnet": 1.0})
     with pytest.raises(ValueError, match="needs input"):
         losses.total_loss({"pixel": 1.0}, pred=jnp.zeros((1, 4, 4, 3)))
+    # a misspelt input is an error, not silently dropped
+    with pytest.raises(ValueError, match=r"no loss term reads input\(s\) \['targte'\]"):
+        losses.total_loss({"pixel": 1.0}, pred=jnp.zeros((1, 4, 4, 3)), targte=jnp.zeros((1, 4, 4, 3)))
+
+
+def test_a_term_declares_its_inputs_and_options():
+    with pytest.raises(ValueError, match="keyword-only and named"):
+        losses.register("loose")(lambda *, pred, **_: pred.mean())
+    with pytest.raises(ValueError, match="keyword-only and named"):
+        losses.register("positional")(lambda pred: pred.mean())
+    assert "loose" not in losses.REGISTRY and "positional" not in losses.REGISTRY
+    with pytest.raises(ValueError, match="already defined"):
+        losses.register("tv")(lambda *, pred: pred.mean())
+    # options live with the term: their config keys, defaults and types come from the registration
+    assert losses.option_keys()["stability_noise"] == ("stability", "noise")
+    spec = losses.LossSpec.from_config({"stability": 1.0, "stability_shift": 3})
+    assert spec.option("stability", "shift") == 3 and spec.option("stability", "noise") == 8.0
+    assert losses.LossSpec.from_config({"tv": 1.0, "stability_shift": 3}).options == ()  # term off

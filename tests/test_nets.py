@@ -121,26 +121,27 @@ def test_shipped_v1_files_migrate_to_the_reference_outputs(name, tmp_path):
     the current format and loaded again, it gives the same bits in this process."""
     from pathlib import Path
 
-    from fastnst import export, stylize
+    from fastnst import modelfile, stylize
 
     ref = np.load(Path(__file__).parent / "data" / "shipped_outputs_v1.npz")
-    m = export.load_model(name)
+    m = modelfile.load_model(name)
     x = ref["input_style"] if m.config["task"] == "style" else ref["input_sr"]
     y = np.asarray(stylize.apply(m, x))
     assert y.shape == ref[name].shape
     assert np.abs(y - ref[name]).max() <= SHIPPED_REFERENCE_MAX_DIFF[name]
-    again = export.load_model(export.save_model(tmp_path / "m.msgpack", m.config, m.variables, meta=m.meta))
+    again = modelfile.load_model(modelfile.save_model(tmp_path / "m.msgpack", m.config, m.variables,
+                                                      meta=m.meta))
     np.testing.assert_array_equal(np.asarray(stylize.apply(again, x)), y)
 
 
 def test_save_load_roundtrip_in_current_format(tmp_path):
-    from fastnst import export
+    from fastnst import modelfile
 
     cfg = {"task": "style", "width": 0.25, "norm": "instance", "upsample": "resize_conv"}
     net = nets.build(cfg)
     v = nets.init(net, jax.random.key(3), size=32)
-    path = export.save_model(tmp_path / "m.msgpack", cfg, v, meta={"steps": 1})
-    m = export.load_model(path)
+    path = modelfile.save_model(tmp_path / "m.msgpack", cfg, v, meta={"steps": 1})
+    m = modelfile.load_model(path)
     assert m.config["padding"] == "paper" and m.meta == {"steps": 1}
     import chex
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import data, export
+from fastnst import data, modelfile
 from fastnst.step import jit_step
 from tests.helpers import ROOT, free_port, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
@@ -157,7 +157,7 @@ def test_two_processes_stop_together_refuse_together_and_resume(tmp_path, weight
     assert codes == [0, 0], lines
     limit = _steps_logged(work)[-1]
     assert 1 <= limit < 500 and (work / "checkpoints" / str(limit)).is_dir()
-    assert export.load_model(work / f"model{export.SUFFIX}").meta["steps"] == limit
+    assert modelfile.load_model(work / f"model{modelfile.SUFFIX}").meta["steps"] == limit
 
     wider = cfg.copy_and_resolve_references()  # 2. a config that changes what is trained
     wider.model.width = 0.25

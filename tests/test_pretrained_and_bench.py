@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from configs import style as style_config
-from fastnst import bench, evaluate, export, gatys, losses, stylize, train
+from fastnst import bench, evaluate, gatys, losses, modelfile, stylize, train
 from fastnst.errors import WeightsError
 
 SPEC = losses.LossSpec.from_config(style_config.get_config().loss)  # the shipped models' objective
 
 
 def test_shipped_models_by_name():
-    names = export.available()
+    names = modelfile.available()
     assert {"starry_night", "the_scream", "sr_x4_feature"} <= set(names)
     m = stylize.load_model("the_scream")
     assert m.config["task"] == "style" and m.meta["steps"] > 1000

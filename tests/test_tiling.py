@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import export, nets, stylize, tiling
+from fastnst import modelfile, nets, stylize, tiling
 from fastnst.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ def _model(task="style", norm="batch", seed=0, **opts):
         rng = np.random.default_rng(seed)  # each test's inputs fixed, whatever ran before it
         v["batch_stats"] = jax.tree.map(lambda a: a + jnp.asarray(rng.uniform(0.1, 0.5, a.shape), a.dtype),
                                         v["batch_stats"])
-    return export.Model(config=cfg, variables=v, meta={})
+    return modelfile.Model(config=cfg, variables=v, meta={})
 
 
 def net_scale(cfg):
@@ -94,7 +94,7 @@ def test_halos_are_measured_from_the_network_and_needed(monkeypatch):
     is wrong, so the exactness test can fail."""
     cfg = nets.model_config({"task": "style", "width": 0.25})
     net = nets.build(cfg)
-    m = export.Model(config=cfg, variables=nets.init(net, jax.random.key(2), size=64), meta={})
+    m = modelfile.Model(config=cfg, variables=nets.init(net, jax.random.key(2), size=64), meta={})
     assert len(tiling.layers(net)) == 1
     x = _photo(200, 200)
     y0 = np.asarray(stylize.forward(net, m.variables, jnp.asarray(x[None])))[0]

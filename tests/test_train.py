@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fastnst import data, export, train
+from fastnst import data, modelfile, train
 from fastnst.step import jit_step
 from tests.helpers import tiny_config, tiny_step, write_photos
 
@@ -47,7 +47,7 @@ def test_resume_gives_bit_identical_parameters(tmp_path, weights_cache):
     assert (tmp_path / "resumed" / "checkpoints" / "3").is_dir()
     second = train.train_and_evaluate(cfg, tmp_path / "resumed", progress=False)
     assert not second.interrupted and second.step == 6
-    a, b = export.load_model(straight.model_path), export.load_model(second.model_path)
+    a, b = modelfile.load_model(straight.model_path), modelfile.load_model(second.model_path)
     assert _allclose_trees(a.variables, b.variables)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(ln)["step"] for ln in lines]

@@ -207,7 +207,7 @@ def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
         return float(jit_step()(state, t.batch, vgg_params, t.grams, spec, key, "float32")[1]["stability"])
 
     def expected(step, key):
-        noisy, _ = losses.perturb(t.x, jax.random.fold_in(key, step), t.spec.stability_noise)
+        noisy, _ = losses.perturb(t.x, jax.random.fold_in(key, step), t.spec.option("stability", "noise"))
         a, b = (np.asarray(forward(v), np.float64) for v in (t.x, noisy))
         return 0.01 * np.mean((a - b) ** 2)
 

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from fastnst import deploy, export, stylize
+from fastnst import export, modelfile, stylize
 from tests.helpers import one_line_error, run_cli
 
 SIZES = ((45, 61), (64, 64), (101, 77))  # odd, square, taller than wide
@@ -31,13 +31,13 @@ def _inputs():
 
 def onnx_sessions(m, tmp_path) -> dict:
     """onnxruntime sessions of `m` exported with float32 and float16 weights."""
-    return {dt: ort.InferenceSession(str(deploy.to_onnx(m, tmp_path / f"m.{dt}.onnx", dtype=dt)),
+    return {dt: ort.InferenceSession(str(export.to_onnx(m, tmp_path / f"m.{dt}.onnx", dtype=dt)),
                                      providers=["CPUExecutionProvider"]) for dt in ("float32", "float16")}
 
 
 def run_exported_in_plain_jax(m, tmp_path, xs) -> list[np.ndarray]:
     """Writes `m` with jax.export and runs it on `xs` in a fresh interpreter that never imports fastnst."""
-    path = deploy.to_jax(m, tmp_path / "m.jaxexport")
+    path = export.to_jax(m, tmp_path / "m.jaxexport")
     code = ("import sys, numpy as np, jax; from jax import export; "
             "e = export.deserialize(open(sys.argv[1], 'rb').read()); "
             "assert 'fastnst' not in sys.modules; "
@@ -50,13 +50,13 @@ def run_exported_in_plain_jax(m, tmp_path, xs) -> list[np.ndarray]:
     return [outs[f"arr_{i}"] for i in range(len(xs))]
 
 
-@pytest.mark.parametrize("name", export.available())
+@pytest.mark.parametrize("name", modelfile.available())
 def test_onnx_matches_fastnst_for_every_shipped_model(name, tmp_path):
-    m = export.load_model(name)
+    m = modelfile.load_model(name)
     sessions = onnx_sessions(m, tmp_path)
     proto = onnx.load(tmp_path / "m.float32.onnx")
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["layout"] == "NHWC" and meta["range"] == "0..255" and meta["opset"] == str(deploy.OPSET)
+    assert meta["layout"] == "NHWC" and meta["range"] == "0..255" and meta["opset"] == str(export.OPSET)
     assert (tmp_path / "m.float16.onnx").stat().st_size < 0.6 * (tmp_path / "m.float32.onnx").stat().st_size
     opencv = cv2.dnn.readNetFromONNX(str(tmp_path / "m.float32.onnx"))  # a third runtime
     for x in _inputs():
@@ -71,7 +71,7 @@ def test_onnx_matches_fastnst_for_every_shipped_model(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["the_scream", "sr_x4_feature"])
 def test_jax_export_runs_with_plain_jax(name, tmp_path):
-    m = export.load_model(name)
+    m = modelfile.load_model(name)
     xs = _inputs()
     xs[2] = np.concatenate([xs[2], xs[2][:, ::-1]])  # a batch of two: polymorphic in the batch too
     for x, y in zip(xs, run_exported_in_plain_jax(m, tmp_path, xs), strict=True):
@@ -81,7 +81,7 @@ def test_jax_export_runs_with_plain_jax(name, tmp_path):
 
 def test_export_cli_errors_are_one_line(tmp_path):
     mine = tmp_path / "mine.msgpack"
-    mine.write_bytes(export.resolve("the_scream").read_bytes())
+    mine.write_bytes(modelfile.resolve("the_scream").read_bytes())
     out, converted = tmp_path / "out", mine.with_suffix(".onnx")
     for args, code, match in ((["--model=nope", "--format=onnx", f"--out={out}/m.onnx"], 1, "nope"),
                               (["--model=the_scream", "--format=tflite", f"--out={out}/m"], 2, "format"),
@@ -97,4 +97,4 @@ def test_export_cli_errors_are_one_line(tmp_path):
         else:
             assert r.returncode == 0, r.stderr[-1000:]
     assert not out.exists()
-    assert mine.read_bytes() == export.resolve("the_scream").read_bytes()
+    assert mine.read_bytes() == modelfile.resolve("the_scream").read_bytes()
