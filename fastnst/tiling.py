@@ -40,20 +40,17 @@ from fastnst.errors import ConfigError
 
 
 def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
-    """Bytes of all float32 activations of one h x w input run whole: the rule for whole-image runs."""
-    pad = 2 * net.num_res * 2 ** len(net.down) if net.padding == "paper" else 0
-    area = (h + 2 * pad) * (w + 2 * pad)
-    floats = 3 * area + net.stem * area
-    scale = 1.0
-    for c in net.down:
-        scale /= 4
-        floats += c * area * scale
-    floats += net.num_res * 2 * net.res_channels * area * scale
-    for c in net.up:
-        scale *= 4
-        floats += c * area * scale
-    floats += 3 * area * scale
-    return int(4 * floats)
+    """Bytes of the float32 activations of one h x w input run whole (h, w multiples of the total
+    stride): the input of every layer that owns a kernel (convolutions of every kind) plus the
+    output, each sized from the network itself (two shape-only probes, `_probe_shapes`), so an
+    architecture option tiling has never seen is counted like the rest."""
+    seen, outs = _probe_shapes(net)
+    grids = [(calls[0][0], calls[1][0]) for calls in seen.values() if calls[0][2]] + [outs]
+    total = 0
+    for s1, s2 in grids:
+        stride, pad = _geometry(net, (s1[1], s2[1]))
+        total += s1[3] * round(h / stride + 2 * pad) * round(w / stride + 2 * pad)
+    return 4 * total
 
 
 def env_budget() -> int | None:
@@ -158,14 +155,16 @@ _PROBE_SIZES = (16, 32)  # x the total stride: two input sizes whose shapes give
 
 @functools.lru_cache(maxsize=32)
 def _probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
-    """For each of two input sizes, the input shape of every module call (path -> shapes, also of
-    the norm layers) and the output shape: two shape-only runs (`jax.eval_shape`) of the network."""
+    """For each of two input sizes, the input shape of every module call (path -> [(shape, is an
+    instance norm, owns a kernel)]) and the output shape: two shape-only runs (`jax.eval_shape`)
+    of the network."""
     seen: dict[str, list] = {}
 
     def interceptor(next_fun, args, kwargs, context):
         if args and getattr(args[0], "ndim", 0) == 4 and context.method_name == "__call__":
-            seen.setdefault("/".join(context.module.path), []).append(
-                (args[0].shape, isinstance(context.module, _STATS_NORMS)))
+            m = context.module
+            seen.setdefault("/".join(m.path), []).append(
+                (args[0].shape, isinstance(m, _STATS_NORMS), m.has_variable("params", "kernel")))
         return next_fun(*args, **kwargs)
 
     variables, outs = _abstract_variables(net), []
@@ -191,7 +190,7 @@ def border(net: nets.TransformNet) -> int:
     network): the most by which any layer's input extends past the image."""
     out = 0.0
     for calls in _probe_shapes(net)[0].values():
-        rows = tuple(shape[1] for shape, _ in calls[-2:])
+        rows = tuple(c[0][1] for c in calls[-2:])
         if len(rows) == 2 and rows[0] != rows[1]:
             stride, pad = _geometry(net, rows)
             out = max(out, pad * stride)
