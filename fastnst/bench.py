@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import gatys, losses, nets, train, vgg
+from fastnst import gatys, losses, nets, vgg
 from fastnst.step import create_train_state, jit_step
 
 PAPER_STYLE = dict(norm="batch", upsample="transpose", padding="paper")
@@ -80,7 +80,7 @@ def train_step(spec: losses.LossSpec, size: int = 256, batch: int = 4, *, varian
     net = nets.style_net(**variant)
     holder = [create_train_state(net, jax.random.key(0), lr=1e-3)]
     vgg_params = vgg_params or vgg.random_params()
-    grams = train.style_targets(vgg_params, np.asarray(_image(size)[0]), spec.style_layers, size)
+    grams = losses.style_targets(vgg_params, np.asarray(_image(size)[0]), spec.style_layers, size)
     x = _image(size, batch, seed=1)
     batch_ = {"input": x, "target": x}
     # the step training runs (jit_step: sharded over this machine's devices)

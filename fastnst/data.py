@@ -89,13 +89,14 @@ class TfdsSource:
         return f"{self.name}[{i}]"
 
 
+SOURCES = ("folder", "tfds")  # config.data.source (schema.validate checks it against this)
+
+
 def open_source(data) -> FolderSource | TfdsSource:
-    """The source named by a `config.data` block."""
+    """The source named by a validated `config.data` block (`schema.DataConfig`)."""
     if data.source == "folder":
         return FolderSource(data.folder, holdout=data.holdout)
-    if data.source == "tfds":
-        return TfdsSource(data.tfds_name, holdout=data.holdout, data_dir=data.get("tfds_data_dir") or None)
-    raise FastnstError(f"unknown data.source {data.source!r} (folder or tfds)")
+    return TfdsSource(data.tfds_name, holdout=data.holdout, data_dir=data.tfds_data_dir or None)
 
 
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -144,8 +145,8 @@ class Batches:
     def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
                  sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False,
                  process_index: int = 0, process_count: int = 1):
-        if batch_size % process_count:
-            raise FastnstError(f"batch size {batch_size} is not a multiple of the {process_count} processes")
+        # (the trainer refuses a batch that does not split over the job's devices, hence processes)
+        assert batch_size % process_count == 0, (batch_size, process_count)
         self.source, self.batch_size, self.size = source, batch_size, image_size
         # In a multi-process run each process makes only its slice of the global batch.
         self.local = batch_size // process_count

@@ -227,7 +227,7 @@ def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.Pa
     curves.png and photo | network | L-BFGS figures of the first three photos into `out`."""
     import json
 
-    from fastnst import plots, train
+    from fastnst import plots
 
     files = [f for p in photos for f in images.list_images(p)]
     files = files[:limit] if limit else files
@@ -238,7 +238,7 @@ def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.Pa
     if net.config["task"] != "style":
         raise FastnstError(f"{model}: not a style model")
     params = vgg.load_params()
-    grams = train.style_targets(params, images.load_image(style_path), spec.style_layers, style_size)
+    grams = losses.style_targets(params, images.load_image(style_path), spec.style_layers, style_size)
     rows = style_vs_lbfgs(net, params, spec, grams, squares, iters=iters, on_photo=on_photo)
     out = Path(out)
     for row in rows[:3]:

@@ -23,7 +23,9 @@ from collections.abc import Callable, Mapping
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fastnst import images, vgg
 from fastnst.errors import ConfigError
 
 TermFn = Callable[..., jax.Array]
@@ -100,27 +102,42 @@ class LossSpec:
             raise ConfigError(f"unknown loss term(s) {unknown}; known: {', '.join(REGISTRY)}")
 
     @classmethod
-    def from_config(cls, loss: Mapping) -> LossSpec:
+    def from_config(cls, loss: Mapping, *, key_name: Callable[[str], str] = "loss.{}".format) -> LossSpec:
         """From `config.loss`: a weight per term, `content_layers` / `style_layers`, term options.
 
-        Unknown keys fail with the known ones listed; an option must be a number >= 0 (an integer
-        where its default is one), checked whether its term is on or not. Terms with weight 0 are
-        dropped, and so are the layers of a content or style term that is off and the options of
-        any term that is off.
+        The one place of the objective's rules: unknown keys fail with the known ones listed; a
+        weight must be a finite number >= 0 and not all may be 0; layers must be VGG-16's; a content
+        or style term that is on needs its layers; an option must be a number >= 0 (an integer
+        where its default is one), whether its term is on or not. Terms with weight 0 are dropped,
+        and so are the layers of a content or style term that is off and the options of any term
+        that is off. `key_name` says how messages name a key (`bin/optimize` names its flags).
+
+        Raises:
+          ConfigError: the first invalid value, in one line.
         """
         loss = dict(loss)
         unknown = sorted(set(loss) - set(config_keys()))
         if unknown:
             raise ConfigError(f"unknown loss key(s) {unknown}; known: {', '.join(config_keys())}")
+        for k in REGISTRY:
+            v = loss.get(k, 0.0)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{key_name(k)} must be a finite number >= 0, got {v!r}")
         weights = tuple((k, float(loss[k])) for k in REGISTRY if loss.get(k, 0.0))
+        if not weights:
+            raise ConfigError(f"every loss weight is 0; set at least one of {', '.join(REGISTRY)}")
         w = dict(weights)
+        layers = {}
+        for key, term in zip(LAYER_KEYS, ("content", "style"), strict=True):
+            names = tuple(loss.get(key, ()))
+            vgg.check_layers(names, key_name(key))
+            if w.get(term) and not names:
+                raise ConfigError(f"{key_name(term)} is on but {key_name(key)} is empty")
+            layers[key] = names if w.get(term) else ()
         given = {key: _option(key, loss[key]) for key in option_keys() if key in loss}
         options = tuple((key, given.get(key, REGISTRY[t].options[o]))
                         for key, (t, o) in option_keys().items() if w.get(t))
-        return cls(weights=weights,
-                   content_layers=tuple(loss.get("content_layers", ())) if w.get("content") else (),
-                   style_layers=tuple(loss.get("style_layers", ())) if w.get("style") else (),
-                   options=options)
+        return cls(weights=weights, options=options, **layers)
 
     def weight(self, term: str) -> float:
         """The weight of `term` (0 when it is off)."""
@@ -177,6 +194,17 @@ def style_loss(pred_feats: Mapping[str, jax.Array], target_grams: Mapping[str, j
         chex.assert_equal(g.shape[-2:], target_grams[name].shape[-2:])
         total = total + w * jnp.mean(jnp.sum(jnp.square(g - target_grams[name]), axis=(-2, -1)))
     return total
+
+
+def style_targets(vgg_params: Mapping, style_image: np.ndarray, layers, size: int) -> dict:
+    """Gram matrices [1, C, C] of the style image (longer side resized to `size`), once per run."""
+    if not layers:
+        return {}
+    h, w = style_image.shape[:2]
+    s = size / max(h, w)
+    shape = max(32, round(h * s)), max(32, round(w * s))
+    image = np.clip(images.resize(style_image, shape, method="lanczos"), 0, 255)
+    return {k: gram(f) for k, f in vgg.features(vgg_params, jnp.asarray(image[None]), layers).items()}
 
 
 def pixel_loss(pred: jax.Array, target: jax.Array) -> jax.Array:

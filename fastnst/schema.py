@@ -1,18 +1,26 @@
-"""The training config's schema: one validation of the whole config, before any work.
+"""The training config's schema: one validation of the whole config, into one frozen, typed value.
 
-`validate(config)` raises `ConfigError` with one line naming the key, the value and what is
-allowed. `resume_differences` compares a config with the one a workdir was created with and
-sorts the differences into those that would change the run (refused) and harmless ones
-(allowed and recorded).
+`validate(config)` checks every value of an ml_collections config (or a plain dict) before any
+work and returns a `Config`: frozen dataclasses per section, the model block completed by
+`nets.model_config` and the loss block turned into a `losses.LossSpec`. Every consumer (the
+trainer, the data pipeline) takes the `Config`; nothing reads the raw ConfigDict after it. Each rule
+lives once: architecture options in `nets`, the objective's in `losses`, VGG layer names in `vgg`,
+data sources in `data`, the rest (and the rules across sections) here. A bad value raises
+`ConfigError` with one line naming the key, the value and what is allowed.
+
+`resume_differences` compares a config with the one a workdir was created with and sorts the
+differences into those that would change the run (refused) and harmless ones (allowed and recorded).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import types
 from collections.abc import Mapping
 from typing import Any
 
-from fastnst import losses, nets, vgg
+from fastnst import data, losses, nets
 from fastnst.errors import ConfigError
 
 # Keys that may differ when resuming a workdir: they change how long or how verbosely a run goes,
@@ -22,41 +30,111 @@ HARMLESS_ON_RESUME = frozenset({
     "train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.sample_every",
     "train.time_limit_s", "train.lr", "data.workers", "data.cache", "vgg_weights"})
 
-TOP_KEYS = {"seed", "style_image", "style_size", "model", "data", "loss", "train", "vgg_weights"}
-DATA_SOURCES = ("folder", "tfds")
 PRECISIONS = ("float32", "bfloat16")
+_REQUIRED = dataclasses.MISSING
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def _get(c: Mapping, dotted: str) -> Any:
-    out = c
-    for part in dotted.split("."):
-        out = out[part]
-    return out
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """`config.data`: where training photos come from and how they are prepared."""
+    source: str
+    folder: str = ""
+    tfds_name: str = "coco/2014"
+    tfds_data_dir: str = ""
+    holdout: int = 0  # photos kept out of training (samples, evaluation)
+    workers: int = 4  # decoding threads
+    sr_sigma: float = 1.0  # Gaussian blur before the SR downscaling
+    cache: bool = False  # keep decoded photos in memory
 
 
-def _int(c: Mapping, key: str, lo: int, hi: float = math.inf) -> int:
-    v = _get(c, key)
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        rng = f">= {lo}" if hi == math.inf else f"in [{lo}, {int(hi)}]"
-        raise ConfigError(f"{key} must be an integer {rng}, got {v!r}")
-    return v
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`config.train`: the optimisation and its bookkeeping."""
+    batch_size: int
+    image_size: int
+    steps: int
+    lr: float
+    log_every: int
+    ckpt_every: int
+    keep: int
+    sample_every: int
+    time_limit_s: float = 0.0  # 0 = none
+    precision: str = "float32"
 
 
-def _num(c: Mapping, key: str, lo: float, *, strict: bool = False) -> float:
-    v = _get(c, key)
-    ok = (not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
-          and (v > lo if strict else v >= lo))
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A validated training config. `record()` is what `config.json` holds."""
+    seed: int
+    model: Mapping[str, Any]  # `nets.model_config`: task, scale, norm, upsample, padding, width (read-only)
+    data: DataConfig
+    loss: losses.LossSpec
+    train: TrainConfig
+    style_image: str = ""
+    style_size: int = 512
+    vgg_weights: str = ""  # "" = the default resolution order (fastnst/vgg.py)
+    loss_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `config.loss` as given
+
+    @property
+    def scale(self) -> int:
+        """The SR factor (1 for style transfer)."""
+        return self.model["scale"] if self.model["task"] == "sr" else 1
+
+    def record(self) -> dict:
+        """The config as plain JSON-able data, keyed like the config file."""
+        return {"seed": self.seed, "style_image": self.style_image, "style_size": self.style_size,
+                "vgg_weights": self.vgg_weights, "model": dict(self.model),
+                "data": dataclasses.asdict(self.data), "loss": dict(self.loss_settings),
+                "train": dataclasses.asdict(self.train)}
+
+
+TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"loss_settings"}
+
+
+def _check(key: str, value, kind: type) -> Any:
+    """`value` as `kind` (int, float, str or bool), or ConfigError."""
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str)}[kind](value)
     if not ok:
-        raise ConfigError(f"{key} must be a finite number {'>' if strict else '>='} {lo}, got {v!r}")
-    return float(v)
+        what = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[kind]
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+    return kind(value)
 
 
-def validate(config) -> dict:
-    """Checks every value of a training config; returns it as a plain dict.
+def _section(cls, block: Mapping, name: str):
+    """One dataclass section from a config block: unknown keys refused, missing required ones
+    named, every value of its field's type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(block) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in config.{name}; known: {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        if key not in block:
+            if f.default is _REQUIRED:
+                raise ConfigError(f"{name}.{key} is missing")
+            continue
+        values[key] = _check(f"{name}.{key}", block[key], _TYPES[f.type])  # (annotations are strings)
+    return cls(**values)
+
+
+def _at_least(key: str, value: float, lo: float, hi: float = math.inf, *, strict: bool = False) -> None:
+    if not (value > lo if strict else value >= lo) or value > hi:
+        rng = (f"> {lo}" if strict else f">= {lo}") if hi == math.inf else f"in [{lo}, {hi}]"
+        raise ConfigError(f"{key} must be {rng}, got {value!r}")
+
+
+def validate(config) -> Config:
+    """Checks every value of a training config (ConfigDict or dict); returns it as a `Config`.
 
     Raises:
       ConfigError: the first invalid value, in one line.
     """
+    if isinstance(config, Config):
+        return config
     c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     unknown = sorted(set(c) - TOP_KEYS)
     if unknown:
@@ -64,56 +142,50 @@ def validate(config) -> dict:
     for block in ("model", "data", "loss", "train"):
         if not isinstance(c.get(block), Mapping):
             raise ConfigError(f"config.{block} is missing")
-    _int(c, "seed", 0)
+    if "seed" not in c:
+        raise ConfigError("seed is missing")
+    seed = _check("seed", c["seed"], int)
+    _at_least("seed", seed, 0)
     model = nets.model_config(c["model"])
-    t = c["train"]
-    if t.get("precision", "float32") not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t['precision']!r}")
+    train = _train(c["train"], model)
+    d = _section(DataConfig, c["data"], "data")
+    if d.source not in data.SOURCES:
+        raise ConfigError(f"data.source must be one of {', '.join(data.SOURCES)}, got {d.source!r}")
+    _at_least("data.holdout", d.holdout, 0)
+    _at_least("data.workers", d.workers, 1, 256)
+    _at_least("data.sr_sigma", d.sr_sigma, 0.0)
+
+    spec = losses.LossSpec.from_config(c["loss"])
+    if c["loss"].get("stability_shift", 0) > train.image_size // 4:  # (its type: LossSpec)
+        raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
+                          f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
+    style_image = _check("style_image", c.get("style_image", ""), str)
+    style_size = _check("style_size", c.get("style_size", 512), int)
+    if spec.style_layers:
+        if not style_image:
+            raise ConfigError("loss.style is on but style_image is not set")
+        _at_least("style_size", style_size, 32, 4096)
+    return Config(seed=seed, model=types.MappingProxyType(model), data=d, loss=spec, train=train,
+                  style_image=style_image, style_size=style_size,
+                  vgg_weights=_check("vgg_weights", c.get("vgg_weights", ""), str),
+                  loss_settings=types.MappingProxyType(dict(c["loss"])))
+
+
+def _train(block: Mapping, model: Mapping) -> TrainConfig:
+    t = _section(TrainConfig, block, "train")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     for key, lo in (("batch_size", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1), ("keep", 1),
                     ("sample_every", 0)):
-        _int(c, f"train.{key}", lo)
-    size = _int(c, "train.image_size", 32, 4096)
-    _num(c, "train.lr", 0.0, strict=True)
-    _num(c, "train.time_limit_s", 0.0)
-    if model["task"] == "sr" and (size % model["scale"] or size // model["scale"] < 8):
+        _at_least(f"train.{key}", getattr(t, key), lo)
+    _at_least("train.image_size", t.image_size, 32, 4096)
+    _at_least("train.lr", t.lr, 0.0, strict=True)
+    _at_least("train.time_limit_s", t.time_limit_s, 0.0)
+    size, scale = t.image_size, model["scale"]
+    if model["task"] == "sr" and (size % scale or size // scale < 8):
         raise ConfigError(f"train.image_size ({size}) must be a multiple of model.scale "
-                          f"({model['scale']}) with at least 8 px per side after downscaling")
-    del t
-
-    d = c["data"]
-    if d.get("source") not in DATA_SOURCES:
-        raise ConfigError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.get('source')!r}")
-    _int(c, "data.holdout", 0)
-    _int(c, "data.workers", 1, 256)
-    _num(c, "data.sr_sigma", 0.0)
-
-    _validate_loss(c)
-    return c
-
-
-def _validate_loss(c: Mapping) -> None:
-    loss = c["loss"]
-    spec = losses.LossSpec.from_config(loss)
-    for term in losses.terms():
-        if term in loss:
-            _num(c, f"loss.{term}", 0.0)
-    if loss.get("stability_shift", 0) > c["train"]["image_size"] // 4:  # (its type: LossSpec)
-        raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
-                          f"({c['train']['image_size'] // 4}), got {loss['stability_shift']}")
-    if not spec.weights:
-        raise ConfigError(f"every loss weight is 0; set at least one of {', '.join(losses.terms())}")
-    for key in losses.LAYER_KEYS:
-        bad = [name for name in loss.get(key, ()) if name not in vgg.LAYERS]
-        if bad:
-            raise ConfigError(f"loss.{key}: unknown VGG layer(s) {bad}; choose from {', '.join(vgg.LAYERS)}")
-    if spec.weight("content") and not spec.content_layers:
-        raise ConfigError("loss.content is on but loss.content_layers is empty")
-    if spec.weight("style"):
-        if not spec.style_layers:
-            raise ConfigError("loss.style is on but loss.style_layers is empty")
-        if not c.get("style_image"):
-            raise ConfigError("loss.style is on but style_image is not set")
-        _int(c, "style_size", 32, 4096)
+                          f"({scale}) with at least 8 px per side after downscaling")
+    return t
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -130,9 +202,11 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 def resume_differences(recorded: Mapping, current: Mapping) -> tuple[dict, dict]:
     """(refused, harmless): dotted key -> (recorded value, current value) for every difference.
 
-    Keys the recorded config lacks (written by an older fastnst) count as harmless."""
+    Keys the recorded config lacks (written by an older fastnst) count as harmless, and so do the
+    devices (`mesh.*`): a run may resume on other hardware."""
     a, b = _flatten(recorded), _flatten(current)
     diffs = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-    refused = {k: v for k, v in diffs.items() if k not in HARMLESS_ON_RESUME and k in a}
+    refused = {k: v for k, v in diffs.items()
+               if k not in HARMLESS_ON_RESUME and not k.startswith("mesh.") and k in a}
     harmless = {k: v for k, v in diffs.items() if k not in refused}
     return refused, harmless

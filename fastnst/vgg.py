@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastnst import layers, weights_io
-from fastnst.errors import WeightsError
+from fastnst.errors import ConfigError, WeightsError
 
 # (block, number of convs, channels) of VGG-16's five blocks.
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
@@ -74,10 +74,15 @@ def normalize(images: jax.Array) -> jax.Array:
 
 def deepest(layers: Sequence[str]) -> str:
     """The deepest of the named layers (the one the network has to run up to)."""
-    unknown = [name for name in layers if name not in LAYERS]
-    if unknown:
-        raise ValueError(f"unknown VGG layer(s) {unknown}; choose from {', '.join(LAYERS)}")
+    check_layers(layers)
     return max(layers, key=LAYERS.index)
+
+
+def check_layers(names: Sequence[str], what: str = "layers") -> None:
+    """Raises ConfigError (a ValueError) naming `what` unless every name is a layer of `LAYERS`."""
+    unknown = [name for name in names if name not in LAYERS]
+    if unknown:
+        raise ConfigError(f"{what}: unknown VGG layer(s) {unknown}; choose from {', '.join(LAYERS)}")
 
 
 def features(params: Mapping, images: jax.Array, layers: Sequence[str],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from fastnst import images, modelfile, schema, train
+from fastnst import checkpoints, images, modelfile, schema, train
 from fastnst.errors import ConfigError, FastnstError, WeightsError
 from fastnst.step import create_train_state
 from tests.helpers import ROOT, free_port, one_line_error, run_cli, tiny_config
@@ -111,12 +111,12 @@ def test_divergence_is_an_error_and_every_kept_checkpoint_is_finite(tmp_path, we
     assert ("no checkpoint was saved" in str(e.value)) == (not kept)
     assert not (work / "model.msgpack").exists()
     net_state = create_train_state(train.nets.build(cfg.model.to_dict()), jax.random.key(0), lr=1e-3)
-    mngr = train.checkpoint_manager(work, keep=10)
+    mngr = checkpoints.manager(work, keep=10)
     assert list(mngr.all_steps()) == kept
     for step in mngr.all_steps():
-        item = mngr.restore(step, args=train.ocp.args.StandardRestore(
-            jax.tree.map(train.ocp.utils.to_shape_dtype_struct, train._ckpt_item(net_state))))
-        assert bool(train.all_finite(item["params"])) and bool(train.all_finite(item["opt_state"]))
+        item = mngr.restore(step, args=checkpoints.ocp.args.StandardRestore(
+            jax.tree.map(checkpoints.ocp.utils.to_shape_dtype_struct, checkpoints._item(net_state))))
+        assert all(bool(checkpoints.all_finite(item[k])) for k in ("params", "opt_state"))
     mngr.close()
 
 

@@ -37,7 +37,7 @@ _TWO_DEVICES = textwrap.dedent("""
     params = vgg.random_params()
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32) for _ in range(3)]
-    grams = train.style_targets(params, batches[0][0], spec.style_layers, 32)
+    grams = losses.style_targets(params, batches[0][0], spec.style_layers, 32)
     results, losses_ = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

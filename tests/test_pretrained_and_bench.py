@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import style as style_config
-from fastnst import bench, evaluate, gatys, losses, modelfile, stylize, train
+from fastnst import bench, evaluate, gatys, losses, modelfile, stylize
 from fastnst.errors import WeightsError
 
 SPEC = losses.LossSpec.from_config(style_config.get_config().loss)  # the shipped models' objective
@@ -48,7 +48,7 @@ def test_fig5_network_vs_lbfgs(vgg_params):
     rng = np.random.default_rng(0)
     photo = evaluate.center_square(rng.uniform(0, 255, (40, 56, 3)).astype(np.float32), 32)
     style = rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)
-    grams = train.style_targets(vgg_params, style, spec.style_layers, 48)
+    grams = losses.style_targets(vgg_params, style, spec.style_layers, 48)
     model = stylize.load_model("starry_night")
     (row,) = evaluate.style_vs_lbfgs(model, vgg_params, spec, grams, {"p": photo}, iters=6)
     cf, _ = gatys.targets(spec, vgg_params, photo, style)

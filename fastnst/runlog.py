@@ -1,0 +1,87 @@
+"""What a training run leaves for people to read: `metrics.jsonl`, the progress bar, sample
+images of held-out photos and the loss curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from fastnst import data, images, stylize
+from fastnst.errors import FastnstError
+
+
+def write_json(path: Path, obj) -> None:
+    images.atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The log lines of `metrics.jsonl`; a torn line (a kill mid-write) is skipped."""
+    rows = []
+    if path.is_file():
+        for ln in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError:
+                continue
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
+
+
+def last_metrics(workdir: Path) -> dict:
+    """The losses of the last logged line (without step, rate and file counts)."""
+    rows = read_metrics(workdir / "metrics.jsonl")
+    return {k: v for k, v in (rows[-1] if rows else {}).items()
+            if k not in ("step", "images_per_s", "bad_files")}
+
+
+def truncate_metrics(workdir: Path, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint we resume from (and torn ones)."""
+    path = workdir / "metrics.jsonl"
+    if path.is_file():
+        keep = [r for r in read_metrics(path) if r["step"] <= step]
+        images.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+def log(workdir: Path, step: int, metrics: dict, rate: float, bad: int, bar) -> None:
+    """Appends one line to `metrics.jsonl` and shows it on the progress bar."""
+    line = {"step": step, **{k: round(v, 6) for k, v in metrics.items()},
+            "images_per_s": round(rate, 3), "bad_files": bad}
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()} | {"img/s": f"{rate:.2f}"},
+                    refresh=False)
+
+
+def progress(enabled: bool, start: int, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, dynamic_ncols=True, unit="step")
+
+
+def sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
+    """Held-out images (never trained on), at most 256 px (HR side for SR), as inputs."""
+    out = []
+    for item in source.heldout[:4]:
+        try:
+            im = images.load_image(item) if isinstance(item, str | Path) else item
+        except FastnstError:
+            continue
+        im = images.resize_max_side(im, size)
+        out.append(data.degrade(im, scale) if scale > 1 else im)
+    return out
+
+
+def write_samples(workdir: Path, step: int, net, variables, samples) -> None:
+    outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(s[None])))[0] for s in samples]
+    images.save_image(workdir / "samples" / f"step_{step:07d}.png",
+                      images.side_by_side(outs, height=192))
+
+
+def plot_losses(workdir: Path) -> None:
+    from fastnst import plots
+
+    rows = read_metrics(workdir / "metrics.jsonl")
+    if rows:
+        plots.loss_curves(rows, workdir / "loss_curve.png")
