@@ -35,12 +35,36 @@ from tests.helpers import ROOT, free_port, one_line_error, run_cli, tiny_config
     ("loss.stability_shift", 10_000, "loss.stability_shift"),
     ("loss.stability_noise", -1.0, "loss.stability_noise"),
     ("loss.stability_noise", "8", "loss.stability_noise"),
+    ("train.stpes", 5, r"unknown key\(s\) \['stpes'\] in config.train"), ("data.cache", "yes", "data.cache"),
+    ("train.precision", "float16", "train.precision"), ("data.source", "synthetic ", "data.source"),
 ])
 def test_bad_config_values_are_refused_up_front(tmp_path, key, value, match):
     c = tiny_config(tmp_path).to_dict()
     block, name = key.split(".")
     c[block][name] = value
     with pytest.raises(ConfigError, match=match):
+        schema.validate(c)
+
+
+def test_validate_returns_one_frozen_typed_config(tmp_path):
+    import dataclasses
+
+    raw = tiny_config(tmp_path)
+    cfg = schema.validate(raw)
+    assert schema.validate(cfg) is cfg  # validated once; a Config passes through
+    assert isinstance(cfg.train.lr, float) and cfg.loss.weight("content") == raw.loss.content
+    assert cfg.model["norm"] == raw.model.norm and cfg.model["scale"] == 1  # completed by nets
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 3
+    with pytest.raises(TypeError):
+        cfg.model["width"] = 2.0
+    # the record is what config.json holds: the config file's keys, plain values
+    rec = cfg.record()
+    assert rec["train"]["steps"] == raw.train.steps and rec["loss"] == dict(raw.loss.to_dict())
+    assert schema.resume_differences(rec, schema.validate(raw).record()) == ({}, {})
+    c = raw.to_dict()
+    del c["train"]["steps"]
+    with pytest.raises(ConfigError, match="train.steps is missing"):
         schema.validate(c)
 
 

@@ -41,6 +41,22 @@ def test_bench_table_smoke(tmp_path):
     assert "| 32² |" in (tmp_path / "bench.md").read_text()
 
 
+def test_bench_times_the_training_loop_itself(tmp_path, monkeypatch):
+    """bin/bench's train-step time comes from train.train_and_evaluate (the loop, the data path
+    and the one jitted step), not from a separate harness."""
+    from fastnst import step, train
+
+    runs = []
+    real = train.train_and_evaluate
+    monkeypatch.setattr(train, "train_and_evaluate", lambda *a, **k: runs.append(a[0]) or real(*a, **k))
+    before = step.jit_step.cache_info().misses + step.jit_step.cache_info().hits
+    r = bench.train_step({"content": 1.0, "content_layers": ("relu1_2",), "tv": 1e-5}, size=32, batch=2,
+                         repeats=2, variant=bench.PEER_STYLE)
+    assert len(runs) == 1 and runs[0]["data"]["source"] == "synthetic"
+    assert step.jit_step.cache_info().misses + step.jit_step.cache_info().hits > before
+    assert 0 < r["median_s"] < r["run_s"] and r["compile_s"] >= 0 and r["repeats"] == 2
+
+
 def test_fig5_network_vs_lbfgs(vgg_params):
     """Each row's network objective is the objective of the network's output; the L-BFGS curve
     starts at the noise image, never rises, and `iters_to_match` is where it first reaches it."""
