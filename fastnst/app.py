@@ -178,6 +178,8 @@ def _photo_input(gr, **kwargs):
     return image
 
 
+# (Long: the page's layout and its event wiring read top to bottom as the page shows them; the
+# handlers it wires are the small functions above.)
 def build(ws: Workspace, limits: Limits = Limits()):
     """The page (a gradio.Blocks); `launch()` serves it. Handlers turn FastnstError into a message
     on the page (gradio.Error) and leave the app running."""

@@ -112,6 +112,8 @@ def _up(g: _Graph, x, kind: str, p, *, edge_pad: bool):
                 kernel_shape=[3, 3], pads=[0 if edge_pad else 1] * 4)
 
 
+# (Long: it writes the network layer by layer in the order of `nets.TransformNet.__call__`, so the
+# two can be read side by side.)
 def onnx_graph(model: Model, *, dtype: str = "float32"):
     """The model as an `onnx.ModelProto` (see the module docstring for its conventions)."""
     import onnx

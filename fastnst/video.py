@@ -121,6 +121,8 @@ def process_video(src: str | os.PathLike, dst: str | os.PathLike, fn: Callable[[
     return result
 
 
+# (Long: one demux -> decode -> batch -> network -> encode -> mux pass whose streams, timestamps and
+# frame counts must stay in one scope; split, they would be passed around as a bag of state.)
 def _transcode(av, inp, tmp, suffix, fn, batch_size, max_size, progress, src) -> VideoResult:
     from tqdm.auto import tqdm
 

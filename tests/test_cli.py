@@ -1,5 +1,6 @@
 """End to end through the command-line scripts, as a user runs them."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ def test_train_then_stylize(tmp_path, weights_cache):
     assert model.is_file() and model.parent == work
     assert len((work / "metrics.jsonl").read_text().splitlines()) == 2
     assert (work / "checkpoints" / "4").is_dir() and (work / "config.json").is_file()
+    mesh = json.loads((work / "config.json").read_text())["mesh"]  # the devices the run used
+    assert mesh["devices"] >= 1 and mesh["processes"] == 1 and mesh["platform"] == "cpu"
     assert (work / "loss_curve.png").is_file() and (work / "samples" / "step_0000004.png").is_file()
 
     a = images.save_image(tmp_path / "in" / "a.png", np.full((37, 45, 3), 90.0))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import modelfile, nets, stylize, tiling
+from fastnst import buffers, modelfile, nets, stylize, tiling
 from fastnst.errors import ConfigError
 
 
@@ -70,21 +70,21 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
     disk = tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0, info=info)
     assert info["buffers_ram_mb"] == 0 and info["buffers_disk_mb"] > 0
     np.testing.assert_array_equal(disk, ram)  # the same windows and programs: the same bits
-    assert tiling.open_buffer_files() == []
+    assert buffers.open_buffer_files() == []
     calls = []
     real = tiling._run_stage
 
     def interrupted(*args):
         calls.append(args[1])
         if len(calls) == 40:
-            assert tiling.open_buffer_files(), "no buffer file open mid-run"
+            assert buffers.open_buffer_files(), "no buffer file open mid-run"
             raise KeyboardInterrupt
         return real(*args)
 
     monkeypatch.setattr(tiling, "_run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0)
-    assert tiling.open_buffer_files() == []  # unlinked at creation, closed on the way out
+    assert buffers.open_buffer_files() == []  # unlinked at creation, closed on the way out
 
 
 def test_halos_are_measured_from_the_network_and_needed(monkeypatch):

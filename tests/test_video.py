@@ -223,9 +223,9 @@ def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
 
 def test_video_benchmark_row_is_complete():
     """The video benchmark (bin/bench --video) on a tiny clip: both paths timed, RSS recorded."""
-    from fastnst import bench
+    from fastnst import bench_media
 
-    (row,) = bench.video_table(None, cases=((5, 5, 48),), size=(40, 64))
+    (row,) = bench_media.video_table(None, cases=((5, 5, 48),), size=(40, 64))
     assert "error" not in row, row
     assert row["frames"] == 5 and row["seconds"] == 1.0 and row["max_size"] == 48
     assert row["video_fps"] > 0 and row["image_path_fps"] > 0 and row["peak_rss_mb"] > 100
