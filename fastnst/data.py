@@ -164,12 +164,14 @@ class Batches:
     """Deterministic batches for steps `start, start+1, ...`, decoded ahead by a thread pool.
 
     Each batch is a dict with `input` (what the network sees) and `target` (what the losses
-    compare to): the same crops for style transfer; LR and HR for super-resolution.
+    compare to): the same crops for style transfer; LR and HR for super-resolution. With
+    `num_styles` S (a multi-style network) it also holds `style`: sample k of the run is trained
+    towards style k mod S, so every batch mixes styles and every style gets the same images.
     """
 
     def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
                  sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, num_styles: int = 0):
         # (the trainer refuses a batch that does not split over the job's devices, hence processes)
         assert batch_size % process_count == 0, (batch_size, process_count)
         self.source, self.batch_size, self.size = source, batch_size, image_size
@@ -177,6 +179,7 @@ class Batches:
         self.local = batch_size // process_count
         self.offset = process_index * self.local
         self.seed, self.sr_scale, self.sr_sigma = seed, sr_scale, sr_sigma
+        self.num_styles = num_styles
         self.bad: set[str] = set()
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max(1, workers))
@@ -225,6 +228,9 @@ class Batches:
         """This process's slice of the global batch of `step` (all of it in a one-process run)."""
         k0 = step * self.batch_size + self.offset
         hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.local))))
+        if self.num_styles:  # multi-style: sample k of the run is trained towards style k mod S
+            return {"input": hr, "target": hr,
+                    "style": (np.arange(k0, k0 + self.local) % self.num_styles).astype(np.int32)}
         if not self.sr_scale:
             return {"input": hr, "target": hr}
         lr = np.stack(list(self._pool.map(lambda im: degrade(im, self.sr_scale, sigma=self.sr_sigma),

@@ -17,10 +17,12 @@ things differ (why, and the measurements: docs/cpu_performance.md):
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -105,3 +107,66 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         return conv2d(x, kernel, self.strides, self.padding, impl=self.impl) + bias.astype(self.dtype)
+
+
+class ConditionalInstanceNorm(nn.Module):
+    """Instance norm whose scale and shift depend on the style (Dumoulin et al. 2017, "A Learned
+    Representation for Artistic Style"): one row of `scale` and `bias` per style ([S, C]). Called
+    with style weights `style` ([S] or [N, S]; one-hot for one style, convex weights for a mix), it
+    normalises like `nn.InstanceNorm` and applies `style @ scale` and `style @ bias`, so a mix is
+    the convex combination of the styles' gamma and beta."""
+
+    epsilon: float = 1e-5
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, style: jax.Array | None = None) -> jax.Array:
+        if style is None:
+            raise ValueError("a multi-style network needs style weights (style=[S] or [N, S])")
+        s, c = style.shape[-1], x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones_init(), (s, c))
+        bias = self.param("bias", nn.initializers.zeros_init(), (s, c))
+        w = jnp.reshape(jnp.asarray(style, jnp.float32), (-1, s))
+        # Flax's own normalisation (no affine part), so one selected style equals an instance-norm
+        # network with that style's gamma and beta up to float32 rounding
+        y = nn.InstanceNorm(epsilon=self.epsilon, use_scale=False, use_bias=False, dtype=self.dtype,
+                            name="normalize")(x)
+        gamma, beta = (w @ scale)[:, None, None, :], (w @ bias)[:, None, None, :]
+        return (y * gamma.astype(y.dtype) + beta.astype(y.dtype)).astype(y.dtype)
+
+
+_PHASE = np.array([[[1, 0, 0], [0, 1, 1]],
+                   [[1, 1, 0], [0, 0, 1]]], np.float32)
+
+
+class NearestUpConv(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 conv, computed without upsampling.
+
+    Same parameters as `nn.Conv(features, (3, 3))` applied to the upsampled image, and the same
+    result: each of the four output phases (row and column parity) reads only a 2x2 window of the
+    low-resolution input, with a kernel made by summing taps. So one 2x2 conv of the input
+    (padded by 1) with 4x the output channels, sliced per phase and interleaved, does it, with 4/9
+    of the multiplications of the upsample-then-conv form and no 4x larger upsampled tensor. Zero
+    padding of the upsampled image equals zero padding here; its reflection padding equals edge
+    padding here (`edge_pad`).
+    """
+
+    features: int
+    edge_pad: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        f = self.features
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, f))
+        bias = self.param("bias", nn.initializers.zeros_init(), (f,)).astype(self.dtype)
+        windows = jnp.einsum("pay,qbx,yxio->abipqo", _PHASE, _PHASE, kernel).reshape(2, 2, c, 4 * f)
+        x, windows = x.astype(self.dtype), windows.astype(self.dtype)
+        if self.edge_pad:
+            y = conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), windows)
+        else:
+            y = conv2d(x, windows, padding=1)
+        y = y.reshape(n, h + 1, w + 1, 2, 2, f)  # phase (p, q) of pixel (i, j) is at (i + p, j + q)
+        rows = [jnp.stack([y[:, p: p + h, q: q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
+        return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, f) + bias

@@ -23,7 +23,7 @@ from fastnst import nets
 from fastnst.errors import ConfigError, WeightsError
 from fastnst.images import atomic_write_bytes
 
-FORMAT = "fastnst-model-v2"
+FORMAT = "fastnst-model-v3"  # v3: multi-style models (model.num_styles, meta["styles"])
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SUFFIX = ".msgpack"
 _STORE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": jnp.bfloat16}
@@ -96,7 +96,7 @@ def migrate_v1(variables: dict) -> dict:
     return out
 
 
-_MIGRATIONS = {"fastnst-model-v1": migrate_v1, FORMAT: lambda v: v}
+_MIGRATIONS = {"fastnst-model-v1": migrate_v1, "fastnst-model-v2": lambda v: v, FORMAT: lambda v: v}
 
 
 def load_model(name_or_path: str | os.PathLike) -> Model:

@@ -35,7 +35,6 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fastnst import layers
 from fastnst.errors import ConfigError
@@ -67,10 +66,18 @@ def transpose_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.
 
 def resize_conv_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
     """Nearest x2 then 3x3 conv (Odena et al., 2016), computed by `NearestUpConv`."""
-    return NearestUpConv(features, edge_pad=edge_pad, dtype=dtype or jnp.float32, name=name)
+    return layers.NearestUpConv(features, edge_pad=edge_pad, dtype=dtype or jnp.float32, name=name)
 
 
-NORMS: dict[str, Callable[[bool, str], nn.Module]] = {"batch": batch_norm, "instance": instance_norm}
+def conditional_instance_norm(train: bool, name: str, dtype=None) -> nn.Module:
+    """Instance norm with a gamma and beta per style (`layers.ConditionalInstanceNorm`): the
+    multi-style network; the net passes it the style weights."""
+    del train
+    return layers.ConditionalInstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
+
+
+NORMS: dict[str, Callable[[bool, str], nn.Module]] = {"batch": batch_norm, "instance": instance_norm,
+                                                      "conditional_instance": conditional_instance_norm}
 UPSAMPLES: dict[str, Callable[..., nn.Module]] = {"transpose": transpose_up,
                                                    "resize_conv": resize_conv_up}
 PADDINGS = ("paper", "reflect_same")
@@ -92,43 +99,6 @@ def _reflect(x: jax.Array, pad: int) -> jax.Array:
 # _PHASE[p][u][t]: whether tap t (offset -1, 0, +1) of a 3x3 conv on the nearest-upsampled image,
 # at an output row of parity p, reads row u of a 2-row window of the low-resolution image that
 # starts at row offset p - 1 (parity 0 reads rows i-1, i, i; parity 1 reads i, i+1, i+1).
-_PHASE = np.array([[[1, 0, 0], [0, 1, 1]],
-                   [[1, 1, 0], [0, 0, 1]]], np.float32)
-
-
-class NearestUpConv(nn.Module):
-    """Nearest-neighbour x2 upsampling followed by a 3x3 conv, computed without upsampling.
-
-    Same parameters as `nn.Conv(features, (3, 3))` applied to the upsampled image, and the same
-    result: each of the four output phases (row and column parity) reads only a 2x2 window of the
-    low-resolution input, with a kernel made by summing taps. So one 2x2 conv of the input
-    (padded by 1) with 4x the output channels, sliced per phase and interleaved, does it, with 4/9
-    of the multiplications of the upsample-then-conv form and no 4x larger upsampled tensor. Zero
-    padding of the upsampled image equals zero padding here; its reflection padding equals edge
-    padding here (`edge_pad`).
-    """
-
-    features: int
-    edge_pad: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        n, h, w, c = x.shape
-        f = self.features
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, c, f))
-        bias = self.param("bias", nn.initializers.zeros_init(), (f,)).astype(self.dtype)
-        windows = jnp.einsum("pay,qbx,yxio->abipqo", _PHASE, _PHASE, kernel).reshape(2, 2, c, 4 * f)
-        x, windows = x.astype(self.dtype), windows.astype(self.dtype)
-        if self.edge_pad:
-            y = layers.conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"), windows)
-        else:
-            y = layers.conv2d(x, windows, padding=1)
-        y = y.reshape(n, h + 1, w + 1, 2, 2, f)  # phase (p, q) of pixel (i, j) is at (i + p, j + q)
-        rows = [jnp.stack([y[:, p: p + h, q: q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
-        return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, f) + bias
-
-
 def _conv(x: jax.Array, features: int, kernel: int, *, name: str, reflect: bool, stride: int = 1,
           pad: bool = True, dtype=jnp.float32) -> jax.Array:
     """A conv with `kernel // 2` padding (reflected or zero) or none (`pad=False`)."""
@@ -136,6 +106,11 @@ def _conv(x: jax.Array, features: int, kernel: int, *, name: str, reflect: bool,
     if reflect and p:
         x, p = _reflect(x, p), 0
     return layers.Conv(features, kernel, strides=stride, padding=p, dtype=dtype, name=name)(x)
+
+
+def _norm(module: nn.Module, x: jax.Array, style: jax.Array | None) -> jax.Array:
+    """A norm layer on x; the style weights go only to a conditional one (a multi-style net)."""
+    return module(x) if style is None else module(x, style)
 
 
 class ResidualBlock(nn.Module):
@@ -151,13 +126,13 @@ class ResidualBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, style: jax.Array | None = None) -> jax.Array:
         pad, reflect = not self.paper_padding, not self.paper_padding
         d = self.dtype
         y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad, dtype=d)
-        y = nn.relu(self.norm(train, "norm0", d)(y))
-        y = self.norm(train, "norm1", d)(_conv(y, self.channels, 3, name="conv1", reflect=reflect, pad=pad,
-                                               dtype=d))
+        y = nn.relu(_norm(self.norm(train, "norm0", d), y, style))
+        y = _norm(self.norm(train, "norm1", d), _conv(y, self.channels, 3, name="conv1", reflect=reflect,
+                                                      pad=pad, dtype=d), style)
         if self.paper_padding:
             x = x[:, 2:-2, 2:-2, :]
         return x + y
@@ -174,6 +149,7 @@ class TransformNet(nn.Module):
       norm: normalisation factory `(train, name) -> module` (see `NORMS`).
       upsample: up-sampling factory `(features, edge_pad=, name=) -> module` (see `UPSAMPLES`).
       padding: 'paper' or 'reflect_same' (see the module docstring).
+      num_styles: styles of a multi-style net (`norm` conditional_instance); 1 otherwise.
     """
 
     stem: int = 32
@@ -184,10 +160,15 @@ class TransformNet(nn.Module):
     norm: Callable[..., nn.Module] = batch_norm
     upsample: Callable[..., nn.Module] = transpose_up
     padding: str = "paper"
+    num_styles: int = 1
     dtype: Any = jnp.float32  # computation dtype (bfloat16 for mixed precision); parameters stay float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, train: bool = False, style: jax.Array | None = None) -> jax.Array:
+        """`style`: the style weights of a multi-style net ([S] or [N, S]), None otherwise."""
+        if (style is not None) != is_multistyle(self):
+            raise ValueError("style weights go with a multi-style (conditional_instance) network, "
+                             "and only there")
         chex.assert_rank(images, 4)
         chex.assert_axis_dimension(images, 3, 3)
         _, h, w, _ = images.shape
@@ -204,16 +185,17 @@ class TransformNet(nn.Module):
 
         def conv_norm_relu(x, c, k, name, norm_name, stride=1):
             x = _conv(x, c, k, name=name, reflect=not paper, stride=stride, dtype=self.dtype)
-            return nn.relu(self.norm(train, norm_name, self.dtype)(x))
+            return nn.relu(_norm(self.norm(train, norm_name, self.dtype), x, style))
 
         x = conv_norm_relu(x, self.stem, 9, "conv_in", "norm_in")
         for i, c in enumerate(self.down):
             x = conv_norm_relu(x, c, 3, f"down{i}", f"norm_down{i}", stride=2)
         for i in range(self.num_res):
-            x = ResidualBlock(self.res_channels, self.norm, paper, self.dtype, name=f"res{i}")(x, train)
+            block = ResidualBlock(self.res_channels, self.norm, paper, self.dtype, name=f"res{i}")
+            x = block(x, train, style)
         for i, c in enumerate(self.up):
             x = self.upsample(c, edge_pad=not paper, name=f"up{i}", dtype=self.dtype)(x)
-            x = nn.relu(self.norm(train, f"norm_up{i}", self.dtype)(x))
+            x = nn.relu(_norm(self.norm(train, f"norm_up{i}", self.dtype), x, style))
         x = _conv(x, 3, 9, name="conv_out", reflect=not paper, dtype=self.dtype).astype(jnp.float32)
 
         factor = 2 ** len(self.up) // mult  # 1 for style transfer, the SR scale for SR
@@ -229,13 +211,19 @@ def _width(n: int, width: float) -> int:
 
 
 def style_net(*, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
-              width: float = 1.0, scale: int = 1) -> TransformNet:
-    """The paper's style-transfer network (width 1.0), or a narrower/wider variant."""
+              width: float = 1.0, scale: int = 1, num_styles: int = 1) -> TransformNet:
+    """The paper's style-transfer network (width 1.0), or a narrower/wider variant; with
+    `norm="conditional_instance"`, one network for `num_styles` styles."""
     if scale != 1:
         raise ConfigError(f"model.scale must be 1 for a style network, got {scale}")
+    if num_styles != int(num_styles) or not 1 <= num_styles <= 1024:
+        raise ConfigError(f"model.num_styles must be an integer in [1, 1024], got {num_styles}")
+    if num_styles > 1 and norm != "conditional_instance":
+        raise ConfigError(f"model.num_styles is {num_styles}: several styles need "
+                          "model.norm=conditional_instance")
     c = lambda n: _width(n, width)  # noqa: E731
     return TransformNet(stem=c(32), down=(c(64), c(128)), num_res=5, res_channels=c(128),
-                        up=(c(64), c(32)), **_parts(norm, upsample, padding))
+                        up=(c(64), c(32)), num_styles=int(num_styles), **_parts(norm, upsample, padding))
 
 
 def sr_net(scale: int = 4, *, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
@@ -266,7 +254,7 @@ class Architecture:
 
 _COMMON = dict(norm="batch", upsample="transpose", padding="paper", width=1.0)
 ARCHITECTURES: dict[str, Architecture] = {
-    "style": Architecture(style_net, {**_COMMON, "scale": 1}),
+    "style": Architecture(style_net, {**_COMMON, "scale": 1, "num_styles": 1}),
     "sr": Architecture(sr_net, {**_COMMON, "scale": 4}),
 }
 
@@ -299,6 +287,10 @@ def model_config(model: Mapping) -> dict:
     if out["scale"] != int(out["scale"]):
         raise ConfigError(f"model.scale must be an integer, got {out['scale']}")
     out["scale"], out["width"] = int(out["scale"]), float(out["width"])
+    if "num_styles" in out:
+        if isinstance(out["num_styles"], float) and out["num_styles"] != int(out["num_styles"]):
+            raise ConfigError(f"model.num_styles must be an integer, got {out['num_styles']}")
+        out["num_styles"] = int(out["num_styles"])
     build(out)  # option values (norm, upsample, padding, scale) are checked by the builder
     return out
 
@@ -317,4 +309,15 @@ def build(model: Mapping, *, dtype=jnp.float32) -> TransformNet:
 
 def init(net: TransformNet, rng: jax.Array, size: int = 64, scale: int = 1) -> dict:
     """Initial variables (`params`, plus `batch_stats` for batch norm)."""
-    return net.init(rng, jnp.zeros((1, size // scale, size // scale, 3), jnp.float32))
+    x = jnp.zeros((1, size // scale, size // scale, 3), jnp.float32)
+    return net.init(rng, x, style=style_weights(net, 0) if is_multistyle(net) else None)
+
+
+def is_multistyle(net: TransformNet) -> bool:
+    """Whether the net takes style weights (conditional instance norm)."""
+    return net.norm is conditional_instance_norm
+
+
+def style_weights(net: TransformNet, index: int) -> jax.Array:
+    """One-hot style weights [1, S] selecting style `index` of a multi-style net."""
+    return jax.nn.one_hot(jnp.asarray([index]), net.num_styles, dtype=jnp.float32)

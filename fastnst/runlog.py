@@ -9,7 +9,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import data, images, stylize
+from fastnst import data, images, nets, stylize
 from fastnst.errors import FastnstError
 
 
@@ -74,7 +74,13 @@ def sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
 
 
 def write_samples(workdir: Path, step: int, net, variables, samples) -> None:
-    outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(s[None])))[0] for s in samples]
+    """The held-out photos through the net side by side (a multi-style net: the first photo in
+    every style)."""
+    if nets.is_multistyle(net):
+        outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(samples[0][None]),
+                                           nets.style_weights(net, i)))[0] for i in range(net.num_styles)]
+    else:
+        outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(s[None])))[0] for s in samples]
     images.save_image(workdir / "samples" / f"step_{step:07d}.png",
                       images.side_by_side(outs, height=192))
 

@@ -72,6 +72,7 @@ class Config:
     loss: losses.LossSpec
     train: TrainConfig
     style_image: str = ""
+    style_images: tuple[str, ...] = ()  # a multi-style net's styles, one per model.num_styles
     style_size: int = 512
     vgg_weights: str = ""  # "" = the default resolution order (fastnst/vgg.py)
     loss_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `config.loss` as given
@@ -83,7 +84,8 @@ class Config:
 
     def record(self) -> dict:
         """The config as plain JSON-able data, keyed like the config file."""
-        return {"seed": self.seed, "style_image": self.style_image, "style_size": self.style_size,
+        return {"seed": self.seed, "style_image": self.style_image, "style_images": list(self.style_images),
+                "style_size": self.style_size,
                 "vgg_weights": self.vgg_weights, "model": dict(self.model),
                 "data": dataclasses.asdict(self.data), "loss": dict(self.loss_settings),
                 "train": dataclasses.asdict(self.train)}
@@ -160,15 +162,35 @@ def validate(config) -> Config:
         raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
     style_image = _check("style_image", c.get("style_image", ""), str)
+    style_images = _style_images(c.get("style_images", ()), model, spec)
     style_size = _check("style_size", c.get("style_size", 512), int)
     if spec.style_layers:
-        if not style_image:
+        if not (style_image or style_images):
             raise ConfigError("loss.style is on but style_image is not set")
         _at_least("style_size", style_size, 32, 4096)
     return Config(seed=seed, model=types.MappingProxyType(model), data=d, loss=spec, train=train,
-                  style_image=style_image, style_size=style_size,
+                  style_image=style_image, style_images=style_images, style_size=style_size,
                   vgg_weights=_check("vgg_weights", c.get("vgg_weights", ""), str),
                   loss_settings=types.MappingProxyType(dict(c["loss"])))
+
+
+def _style_images(given, model: Mapping, spec: losses.LossSpec) -> tuple[str, ...]:
+    """A multi-style net trains towards `style_images`, one per `model.num_styles`, with the style
+    loss on; other nets take `style_image` and no `style_images`."""
+    if isinstance(given, str) or not isinstance(given, list | tuple) or not all(
+            isinstance(p, str) and p for p in given):
+        raise ConfigError(f"style_images must be a list of image paths, got {given!r}")
+    if model.get("norm") != "conditional_instance":
+        if given:
+            raise ConfigError("style_images is for a multi-style net (model.norm=conditional_instance); "
+                              "use style_image")
+        return ()
+    if len(given) != model["num_styles"]:
+        raise ConfigError(f"style_images holds {len(given)} images but model.num_styles is "
+                          f"{model['num_styles']}")
+    if not spec.style_layers:
+        raise ConfigError("a multi-style net needs the style loss (loss.style > 0)")
+    return tuple(given)
 
 
 def _train(block: Mapping, model: Mapping) -> TrainConfig:

@@ -37,9 +37,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
 
     Args:
       state: the transformation net's TrainState.
-      batch: `input` [N,h,w,3] for the net, `target` [N,H,W,3] for the losses, both in [0, 255].
+      batch: `input` [N,h,w,3] for the net, `target` [N,H,W,3] for the losses, both in [0, 255];
+        for a multi-style net also `style` [N] (each image's style index).
       vgg_params: VGG-16 variables (never differentiated).
-      style_grams: Gram targets per style layer ([1, C, C]); empty when there is no style term.
+      style_grams: Gram targets per style layer ([1, C, C], or [S, C, C] for S styles); empty when
+        there is no style term.
       spec: loss terms, weights and layers (static).
       rng: the run's base key, for stochastic terms (the stability term's perturbation); each step
         uses `fold_in(rng, step)`, so a resumed run draws the same perturbation.
@@ -52,10 +54,15 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
     dtype = jnp.dtype(compute_dtype)
     content = vgg.features(vgg_params, batch["target"], spec.content_layers, dtype=dtype) \
         if spec.content_layers else None
+    kw = {}
+    if "style" in batch:  # a multi-style net: each image's style weights and Gram targets
+        num_styles = next(iter(style_grams.values())).shape[0]
+        kw["style"] = jax.nn.one_hot(batch["style"], num_styles, dtype=jnp.float32)
+        style_grams = {k: g[batch["style"]] for k, g in style_grams.items()}
 
     def loss_fn(params):
         mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable)
+        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable, **kw)
         pred, updates = out if mutable else (out, {})
         extra = {}
         if spec.weight("stability"):
@@ -64,7 +71,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
             shift = spec.option("stability", "shift")
             noisy, offset = losses.perturb(batch["input"], jax.random.fold_in(rng, state.step),
                                            spec.option("stability", "noise"), shift)
-            out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable)
+            out2 = state.apply_fn(variables_of(state, params), noisy, train=True, mutable=mutable, **kw)
             extra["pred_perturbed"] = out2[0] if mutable else out2
             if shift:  # compare with the same crop of `pred` (output px: x scale)
                 extra["perturb_offset"] = offset * (pred.shape[1] // batch["input"].shape[1])

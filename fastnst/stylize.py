@@ -30,9 +30,10 @@ __all__ = ["Model", "load_model", "apply", "forward", "finish", "preserve_color"
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def forward(net, variables, x):
-    """The jitted inference pass of a network (compiled once per net and input shape)."""
-    return net.apply(variables, x)
+def forward(net, variables, x, style=None):
+    """The jitted inference pass of a network (compiled once per net and input shape); `style`:
+    the style weights of a multi-style net."""
+    return net.apply(variables, x, style=style)
 
 
 def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = None
@@ -52,6 +53,8 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     chex.assert_rank(x, 4)
     chex.assert_axis_dimension(x, 3, 3)
     net = model.net
+    if model.config.get("norm") == "conditional_instance":
+        raise ConfigError("a multi-style model: choose a style or a mix first (styles.select)")
     budget = budget or tiling.default_budget()
     n, h, w, _ = x.shape
     if tiling.fits(net, h, w, budget, batch=n):

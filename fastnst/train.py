@@ -109,7 +109,8 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of the "
                           f"{jax.device_count()} devices of this job")
     mesh, writer = parallel.make_mesh(), parallel.is_writer()
-    style_image = images.load_image(cfg.style_image) if cfg.loss.style_layers else None
+    style_paths = cfg.style_images or ((cfg.style_image,) if cfg.loss.style_layers else ())
+    style_images = [images.load_image(p) for p in style_paths]
     source = data.open_source(cfg.data)
     vgg_path = vgg.resolve_weights(cfg.vgg_weights or None)
     # Every process checks the (shared) workdir, so a refusal ends all of them before the first
@@ -117,7 +118,9 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     checkpoints.prepare_workdir(workdir, {**cfg.record(), "vgg_weights_sha256": weights_io.sha256(vgg_path),
                                           "mesh": mesh_record(mesh)}, write=writer)
     vgg_params = vgg.load_params(vgg_path)
-    grams = losses.style_targets(vgg_params, style_image, cfg.loss.style_layers, cfg.style_size)
+    per_style = [losses.style_targets(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
+                 for im in style_images]  # [1, C, C] per layer, stacked: [S, C, C]
+    grams = {k: jnp.concatenate([g[k] for g in per_style]) for k in per_style[0]} if per_style else {}
     net = nets.build(cfg.model)
     init_rng, rng = jax.random.split(jax.random.key(cfg.seed))  # rng: the stochastic terms' base key
     compute = net.clone(dtype=jnp.dtype(t.precision)) if t.precision != "float32" else net
@@ -131,7 +134,7 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     batches = data.Batches(source, batch_size=t.batch_size, image_size=t.image_size, seed=cfg.seed,
                            sr_scale=cfg.scale if cfg.scale > 1 else 0, sr_sigma=cfg.data.sr_sigma,
                            workers=cfg.data.workers, cache=cfg.data.cache, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+                           process_count=jax.process_count(), num_styles=len(cfg.style_images))
     samples = runlog.sample_inputs(source, cfg.scale) if writer else []
     return _Job(cfg, workdir, writer, mesh, net, state, (vgg_params, grams, cfg.loss, rng, t.precision),
                 jit_step(mesh), mngr, batches, source, samples)
@@ -209,7 +212,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             workdir / f"model{modelfile.SUFFIX}", dict(cfg.model), variables_of(job.state),
             meta={"steps": int(job.state.step), "planned_steps": cfg.train.steps,
                   "final_metrics": result.last_metrics, "style_image": cfg.style_image,
-                  "data": job.source.name})
+                  "data": job.source.name,
+                  **({"styles": [Path(p).stem for p in cfg.style_images]} if cfg.style_images else {})})
         runlog.plot_losses(workdir)
     return result
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import nets
+from fastnst import layers, nets
 
 
 def _paper_style_param_count():
@@ -75,7 +75,7 @@ def test_build_from_config_and_bad_options():
 def test_nearest_up_conv_equals_upsample_then_conv(edge):
     import flax.linen as nn
 
-    m = nets.NearestUpConv(8, edge_pad=edge)
+    m = layers.NearestUpConv(8, edge_pad=edge)
     x = jax.random.normal(jax.random.key(0), (2, 5, 7, 4))
     v = m.init(jax.random.key(1), x)
     up = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)

@@ -34,11 +34,13 @@ def test_bench_table_smoke(tmp_path):
     assert r["lbfgs_500_s"] - r["lbfgs_100_s"] == pytest.approx(400 * r["lbfgs_s_per_iter"])
     assert r["speedup_500"] == pytest.approx(r["lbfgs_500_s"] / r["feedforward_s"])
     res = {"device": bench.device_info(), "quick": 1, "table1": rows,
-           "train": {"median_s": 1.0, "steps_per_s": 1.0, "images_per_s": 4.0, "compile_s": 1.0},
+           "train": {"median_s": 1.0, "steps_per_s": 1.0, "images_per_s": 4.0, "compile_s": 1.0,
+                     "repeats": 2},
            "inference": [], "peak_memory_bytes": None}
     bench.write(res, tmp_path)
     assert json.loads((tmp_path / "bench.json").read_text())["table1"][0]["size"] == 32
     assert "| 32² |" in (tmp_path / "bench.md").read_text()
+    assert "the training loop itself, mean of 2 steps" in (tmp_path / "bench.md").read_text()
 
 
 def test_bench_times_the_training_loop_itself(tmp_path, monkeypatch):
