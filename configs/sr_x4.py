@@ -23,6 +23,7 @@ def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigD
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.vgg_weights = ""  # "" = the default resolution order (fastnst/vgg.py); else a weights file
+    c.init_from = ""  # model file or shipped name to start from: fine-tuning or adding styles (warmstart.py)
     c.model = ml_collections.ConfigDict(dict(
         task="sr", scale=scale, norm="batch", upsample="transpose", padding="paper", width=1.0))
     c.data = ml_collections.ConfigDict(dict(

@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.vgg_weights = ""  # "" = the default resolution order (fastnst/vgg.py); else a weights file
+    c.init_from = ""  # model file or shipped name to start from: fine-tuning or adding styles (warmstart.py)
     c.style_image = f"{STYLES}/{a['style']}.jpg"
     c.style_size = 512  # longer side of the style image when its Grams are computed
 

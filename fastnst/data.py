@@ -166,12 +166,14 @@ class Batches:
     Each batch is a dict with `input` (what the network sees) and `target` (what the losses
     compare to): the same crops for style transfer; LR and HR for super-resolution. With
     `num_styles` S (a multi-style network) it also holds `style`: sample k of the run is trained
-    towards style k mod S, so every batch mixes styles and every style gets the same images.
+    towards style `first_style` + k mod S, so every batch mixes styles and every style gets the
+    same images (`first_style` > 0: styles added to a model that holds the first ones).
     """
 
     def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
                  sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False,
-                 process_index: int = 0, process_count: int = 1, num_styles: int = 0):
+                 process_index: int = 0, process_count: int = 1, num_styles: int = 0,
+                 first_style: int = 0):
         # (the trainer refuses a batch that does not split over the job's devices, hence processes)
         assert batch_size % process_count == 0, (batch_size, process_count)
         self.source, self.batch_size, self.size = source, batch_size, image_size
@@ -179,7 +181,7 @@ class Batches:
         self.local = batch_size // process_count
         self.offset = process_index * self.local
         self.seed, self.sr_scale, self.sr_sigma = seed, sr_scale, sr_sigma
-        self.num_styles = num_styles
+        self.num_styles, self.first_style = num_styles, first_style
         self.bad: set[str] = set()
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max(1, workers))
@@ -229,8 +231,9 @@ class Batches:
         k0 = step * self.batch_size + self.offset
         hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.local))))
         if self.num_styles:  # multi-style: sample k of the run is trained towards style k mod S
-            return {"input": hr, "target": hr,
-                    "style": (np.arange(k0, k0 + self.local) % self.num_styles).astype(np.int32)}
+            k = np.arange(k0, k0 + self.local)
+            style = (self.first_style + k % self.num_styles).astype(np.int32)
+            return {"input": hr, "target": hr, "style": style}
         if not self.sr_scale:
             return {"input": hr, "target": hr}
         lr = np.stack(list(self._pool.map(lambda im: degrade(im, self.sr_scale, sigma=self.sr_sigma),

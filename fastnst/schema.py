@@ -20,7 +20,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from fastnst import data, losses, nets
+from fastnst import data, losses, nets, warmstart
 from fastnst.errors import ConfigError
 
 # Keys that may differ when resuming a workdir: they change how long or how verbosely a run goes,
@@ -75,7 +75,9 @@ class Config:
     style_images: tuple[str, ...] = ()  # a multi-style net's styles, one per model.num_styles
     style_size: int = 512
     vgg_weights: str = ""  # "" = the default resolution order (fastnst/vgg.py)
+    init_from: str = ""  # a model file or shipped name to start from (`warmstart`)
     loss_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `config.loss` as given
+    start: warmstart.Start | None = None  # the loaded `init_from`
 
     @property
     def scale(self) -> int:
@@ -86,12 +88,12 @@ class Config:
         """The config as plain JSON-able data, keyed like the config file."""
         return {"seed": self.seed, "style_image": self.style_image, "style_images": list(self.style_images),
                 "style_size": self.style_size,
-                "vgg_weights": self.vgg_weights, "model": dict(self.model),
+                "vgg_weights": self.vgg_weights, "init_from": self.init_from, "model": dict(self.model),
                 "data": dataclasses.asdict(self.data), "loss": dict(self.loss_settings),
                 "train": dataclasses.asdict(self.train)}
 
 
-TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"loss_settings"}
+TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"loss_settings", "start"}
 
 
 def _check(key: str, value, kind: type) -> Any:
@@ -149,6 +151,11 @@ def validate(config) -> Config:
     seed = _check("seed", c["seed"], int)
     _at_least("seed", seed, 0)
     model = nets.model_config(c["model"])
+    init_from = _check("init_from", c.get("init_from", ""), str)
+    start = None
+    if init_from:  # the trained net: the file's, plus the styles this run adds
+        start, block = warmstart.plan(init_from, model, len(c.get("style_images", ()) or ()))
+        model = nets.model_config(block)
     train = _train(c["train"], model)
     d = _section(DataConfig, c["data"], "data")
     if d.source not in data.SOURCES:
@@ -162,7 +169,8 @@ def validate(config) -> Config:
         raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
     style_image = _check("style_image", c.get("style_image", ""), str)
-    style_images = _style_images(c.get("style_images", ()), model, spec)
+    style_images = _style_images(c.get("style_images", ()), model, spec,
+                                 start.old_styles or 0 if start else 0)
     style_size = _check("style_size", c.get("style_size", 512), int)
     if spec.style_layers:
         if not (style_image or style_images):
@@ -170,13 +178,14 @@ def validate(config) -> Config:
         _at_least("style_size", style_size, 32, 4096)
     return Config(seed=seed, model=types.MappingProxyType(model), data=d, loss=spec, train=train,
                   style_image=style_image, style_images=style_images, style_size=style_size,
-                  vgg_weights=_check("vgg_weights", c.get("vgg_weights", ""), str),
-                  loss_settings=types.MappingProxyType(dict(c["loss"])))
+                  vgg_weights=_check("vgg_weights", c.get("vgg_weights", ""), str), init_from=init_from,
+                  loss_settings=types.MappingProxyType(dict(c["loss"])), start=start)
 
 
-def _style_images(given, model: Mapping, spec: losses.LossSpec) -> tuple[str, ...]:
-    """A multi-style net trains towards `style_images`, one per `model.num_styles`, with the style
-    loss on; other nets take `style_image` and no `style_images`."""
+def _style_images(given, model: Mapping, spec: losses.LossSpec, old: int) -> tuple[str, ...]:
+    """A multi-style net trains towards `style_images`, one per `model.num_styles` (less the `old`
+    styles of the model it starts from), with the style loss on; other nets take `style_image` and
+    no `style_images`."""
     if isinstance(given, str) or not isinstance(given, list | tuple) or not all(
             isinstance(p, str) and p for p in given):
         raise ConfigError(f"style_images must be a list of image paths, got {given!r}")
@@ -185,9 +194,9 @@ def _style_images(given, model: Mapping, spec: losses.LossSpec) -> tuple[str, ..
             raise ConfigError("style_images is for a multi-style net (model.norm=conditional_instance); "
                               "use style_image")
         return ()
-    if len(given) != model["num_styles"]:
+    if len(given) != model["num_styles"] - old or not given:
         raise ConfigError(f"style_images holds {len(given)} images but model.num_styles is "
-                          f"{model['num_styles']}")
+                          f"{model['num_styles']}" + (f" ({old} from init_from)" if old else ""))
     if not spec.style_layers:
         raise ConfigError("a multi-style net needs the style loss (loss.style > 0)")
     return tuple(given)

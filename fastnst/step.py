@@ -85,12 +85,16 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], vgg_params: Ma
     return state, {"loss": total, **parts}
 
 
-def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1
-                       ) -> TrainState:
-    """A fresh TrainState (Adam) for `net`."""
-    variables = nets.init(net, rng, scale=scale)
+def create_train_state(net: nets.TransformNet, rng: jax.Array, *, lr: float, scale: int = 1,
+                       variables: dict | None = None, labels=None) -> TrainState:
+    """A TrainState (Adam) for `net`: fresh, or from given `variables`. `labels(params)` marks each
+    parameter "train" or "frozen"; frozen ones get no optimizer state and never change."""
+    variables = variables if variables is not None else nets.init(net, rng, scale=scale)
+    tx = optax.adam(lr)
+    if labels is not None:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return TrainState.create(apply_fn=net.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=optax.adam(lr))
+                             batch_stats=variables.get("batch_stats", {}), tx=tx)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,6 +30,7 @@ from fastnst import (
     runlog,
     schema,
     vgg,
+    warmstart,
     weights_io,
 )
 from fastnst.errors import ConfigError, JobError
@@ -120,11 +121,17 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     vgg_params = vgg.load_params(vgg_path)
     per_style = [losses.style_targets(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
                  for im in style_images]  # [1, C, C] per layer, stacked: [S, C, C]
-    grams = {k: jnp.concatenate([g[k] for g in per_style]) for k in per_style[0]} if per_style else {}
+    old = cfg.start.old_styles or 0 if cfg.start else 0  # styles kept from init_from: never drawn
+    grams = {k: jnp.concatenate([jnp.zeros((old, *g.shape[1:]), g.dtype)] + [p[k] for p in per_style])
+             for k, g in per_style[0].items()} if per_style else {}
     net = nets.build(cfg.model)
     init_rng, rng = jax.random.split(jax.random.key(cfg.seed))  # rng: the stochastic terms' base key
     compute = net.clone(dtype=jnp.dtype(t.precision)) if t.precision != "float32" else net
-    state = create_train_state(compute, init_rng, lr=t.lr, scale=cfg.scale)
+    variables = nets.init(net, init_rng, scale=cfg.scale)
+    if cfg.start:  # a checkpoint of this workdir, restored below, still wins
+        variables = warmstart.initial_variables(cfg.start, variables)
+    state = create_train_state(compute, init_rng, lr=t.lr, variables=variables,
+                               labels=warmstart.trainable(cfg.start))
     parallel.barrier("set-up")  # every process set up before the first collective (see barrier)
     # (the run's key as raw key data: replicable across processes; fold_in accepts it)
     state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
@@ -134,7 +141,8 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     batches = data.Batches(source, batch_size=t.batch_size, image_size=t.image_size, seed=cfg.seed,
                            sr_scale=cfg.scale if cfg.scale > 1 else 0, sr_sigma=cfg.data.sr_sigma,
                            workers=cfg.data.workers, cache=cfg.data.cache, process_index=jax.process_index(),
-                           process_count=jax.process_count(), num_styles=len(cfg.style_images))
+                           process_count=jax.process_count(), num_styles=len(cfg.style_images),
+                           first_style=old)
     samples = runlog.sample_inputs(source, cfg.scale) if writer else []
     return _Job(cfg, workdir, writer, mesh, net, state, (vgg_params, grams, cfg.loss, rng, t.precision),
                 jit_step(mesh), mngr, batches, source, samples)
@@ -213,7 +221,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             meta={"steps": int(job.state.step), "planned_steps": cfg.train.steps,
                   "final_metrics": result.last_metrics, "style_image": cfg.style_image,
                   "data": job.source.name,
-                  **({"styles": [Path(p).stem for p in cfg.style_images]} if cfg.style_images else {})})
+                  **({"styles": _style_names(cfg)} if cfg.style_images else {})})
         runlog.plot_losses(workdir)
     return result
 
@@ -248,6 +256,12 @@ def _loop(job: _Job, book: _Book, on_step) -> None:
             book.save(result.step, job.state, metrics, force=True)
     # A time limit ends the run normally (exported); a signal (to any process) leaves it to be resumed.
     result.interrupted = signalled and result.step < t.steps
+
+
+def _style_names(cfg: Config) -> list[str]:
+    """A multi-style model's style names: those it started from, then the files' stems."""
+    kept = list(cfg.start.old_names) if cfg.start else []
+    return kept + [Path(p).stem for p in cfg.style_images]
 
 
 def _lost_message(error: Exception, workdir: Path) -> str:

@@ -175,3 +175,52 @@ def test_train_several_styles_then_stylize_with_a_mix(tmp_path):
         bad = run_cli("bin/stylize", f"--model={r.model_path}", str(photo), f"--out={tmp_path / 'x.png'}",
                       *args)
         assert bad.returncode == 1 and match in one_line_error(bad)
+
+
+def test_adding_a_style_trains_only_its_gamma_and_beta(tmp_path):
+    from fastnst import step, warmstart
+
+    base = _tiny_multistyle(tmp_path / "base", steps=2)
+    first_path = train.train_and_evaluate(base, tmp_path / "base_run", progress=False).model_path
+    first = modelfile.load_model(first_path)
+    waves = np.zeros((48, 48, 3), np.float32)
+    waves[:, ::5] = [240, 240, 255]
+    add = _tiny_multistyle(tmp_path / "add", steps=4)
+    add.style_images = (str(images.save_image(tmp_path / "waves.png", waves)),)
+    add.model.num_styles = 1  # (the run holds the file's 2 styles plus this one)
+    add.init_from = str(first_path)
+    cfg = schema.validate(add)
+    assert cfg.model["num_styles"] == 3 and cfg.start.old_styles == 2
+    m = modelfile.load_model(train.train_and_evaluate(cfg, tmp_path / "add_run", progress=False).model_path)
+    assert styles.names(m) == ["style", "dots", "waves"]
+    old, new = (jax.tree_util.tree_leaves_with_path(v["params"]) for v in (first.variables, m.variables))
+    changed_rows = 0
+    for (path, a), (_, b) in zip(old, new, strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim == 2:  # gamma/beta: the old styles' rows exactly kept, the new row trained
+            np.testing.assert_array_equal(b[:2], a, err_msg=jax.tree_util.keystr(path))
+            changed_rows += not np.allclose(b[2], a.mean(0))
+        else:  # every convolution frozen, bit for bit
+            np.testing.assert_array_equal(b, a, err_msg=jax.tree_util.keystr(path))
+    assert changed_rows > 10
+    # the optimizer holds state for the gamma/beta leaves only
+    state = step.create_train_state(m.net, jax.random.key(0), lr=1e-3, variables=m.variables,
+                                    labels=warmstart.trainable(cfg.start))
+    sizes = [np.size(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0]
+    n_rows = sum(np.size(p) for p in jax.tree.leaves(m.variables["params"]) if np.ndim(p) == 2)
+    assert sum(sizes) == 2 * n_rows  # Adam's two moments of the [S, C] leaves, nothing else
+
+
+def test_fine_tuning_starts_from_the_given_model_and_mismatches_are_refused(tmp_path):
+    cfg = tiny_config(tmp_path, steps=2)
+    cfg.model.update(norm="instance", upsample="resize_conv")
+    first = train.train_and_evaluate(cfg, tmp_path / "a", progress=False).model_path
+    cfg.init_from = str(first)
+    cfg.train.lr = 1e-12  # so the result is (nearly) the start
+    again = train.train_and_evaluate(cfg, tmp_path / "b", progress=False).model_path
+    leaves = [jax.tree.leaves(modelfile.load_model(p).variables) for p in (first, again)]
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    cfg.model.width = 0.25
+    with pytest.raises(ConfigError, match=r"init_from .*architecture differs \(model.width: 0.125 in"):
+        schema.validate(cfg)
