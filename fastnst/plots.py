@@ -64,3 +64,20 @@ def fig5_curves(rows: Sequence[Mapping], path: str | Path, *, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, Path(path))
+
+
+def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *,
+           xlabel: str, ylabel: str, title: str = "", hline: tuple[str, float] | None = None) -> Path:
+    """Named (x, y) curves on a log y axis, optionally with a labelled horizontal line."""
+    fig, ax = _figure()
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=name)
+    if hline:
+        ax.axhline(hline[1], color="k", ls=":", label=hline[0])
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, Path(path))
