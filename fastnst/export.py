@@ -16,6 +16,11 @@ batch, height and width (a scale x larger output for super-resolution).
   shape-polymorphic in batch, height and width (the same minimum sides), lowered for the CPU and
   CUDA.
   `jax.export.deserialize(blob).call(images)` runs it with plain `jax`, no fastnst import.
+
+A multi-style model (conditional instance norm) is exported whole: both formats take the style
+weights [S] (one-hot for one style, convex weights for a mix; the order of `meta["styles"]`) as a
+second input, `style`. To export one style or a fixed mix as an ordinary model, `styles.select`
+it first (`bin/export --style`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ _TANH_CLIP = 10.0
 FORMATS = ("onnx", "jax")
 SUFFIXES = {"onnx": ".onnx", "jax": ".jaxexport"}  # the file name an export must have, per format
 METADATA = {"layout": "NHWC", "range": "0..255", "color": "RGB", "dtype": "float32"}
+STYLE_INPUT = "style"  # a multi-style model's second input: style weights [S] (convex; one-hot = one style)
 
 
 class _Graph:
@@ -91,6 +97,12 @@ def _norm(g: _Graph, x, kind: str, p, stats):
         mean = g.const(np.asarray(stats["mean"], np.float32), "mean", True)
         var = g.const(np.asarray(stats["var"], np.float32), "var", True)
         return g.op("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
+    if kind == "conditional_instance":  # gamma, beta = style @ [S, C] rows; the style is an input
+        ones, zeros = (g.const(np.full(p["scale"].shape[1], v, np.float32)) for v in (1.0, 0.0))
+        y = g.op("InstanceNormalization", [x, ones, zeros], epsilon=1e-5)
+        shape = g.const(np.array([1, -1, 1, 1], np.int64))
+        gamma, beta = (g.op("Reshape", [g.op("MatMul", [STYLE_INPUT, w]), shape]) for w in (scale, bias))
+        return g.op("Add", [g.op("Mul", [y, gamma]), beta])
     return g.op("InstanceNormalization", [x, scale, bias], epsilon=1e-5)
 
 
@@ -172,9 +184,11 @@ def onnx_graph(model: Model, *, dtype: str = "float32"):
     x = g.op("Mul", [g.op("Add", [g.op("Tanh", [x]), g.const(np.float32(1.0))]), g.const(np.float32(127.5))])
     g.nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[0, 2, 3, 1]))
 
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])]
+    if kind == "conditional_instance":
+        inputs.append(helper.make_tensor_value_info(STYLE_INPUT, TensorProto.FLOAT, [net.num_styles]))
     graph = helper.make_graph(
-        g.nodes, f"fastnst_{cfg['task']}",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])],
+        g.nodes, f"fastnst_{cfg['task']}", inputs,
         [helper.make_tensor_value_info("output", TensorProto.FLOAT,
                                        ["batch", f"height*{factor}" if factor > 1 else "height",
                                         f"width*{factor}" if factor > 1 else "width", 3])],
@@ -211,8 +225,13 @@ def jax_export(model: Model, *, platforms=("cpu", "cuda")):
     net, variables = model.net, jax.tree.map(jnp.asarray, model.variables)
     side = _min_side(net)
     b, h, w = export.symbolic_shape("b, h, w", constraints=(f"h >= {side}", f"w >= {side}"))
+    image = jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32)
+    if nets.is_multistyle(net):  # style weights [S] as the second argument
+        fn = jax.jit(lambda x, style: net.apply(variables, x, style=style))
+        style = jax.ShapeDtypeStruct((net.num_styles,), jnp.float32)
+        return export.export(fn, platforms=platforms)(image, style)
     fn = jax.jit(lambda x: net.apply(variables, x))
-    return export.export(fn, platforms=platforms)(jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32))
+    return export.export(fn, platforms=platforms)(image)
 
 
 def to_jax(model: Model, out: str | os.PathLike) -> Path:

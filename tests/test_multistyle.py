@@ -224,3 +224,30 @@ def test_fine_tuning_starts_from_the_given_model_and_mismatches_are_refused(tmp_
     cfg.model.width = 0.25
     with pytest.raises(ConfigError, match=r"init_from .*architecture differs \(model.width: 0.125 in"):
         schema.validate(cfg)
+
+
+def test_export_takes_the_style_weights_as_a_second_input(tmp_path):
+    import onnxruntime as ort
+
+    from fastnst import export
+    from tests.test_export import JAX_EXPORT_MAX_DIFF, ONNX_MAX_DIFF
+
+    m = _multistyle_model(3)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 45, 61, 3)).astype(np.float32)
+    sess = ort.InferenceSession(str(export.to_onnx(m, tmp_path / "m.onnx")),
+                                providers=["CPUExecutionProvider"])
+    exported = export.jax_export(m, platforms=("cpu",))
+    for spec, w in (("s1", [0, 1, 0]), ("s0:0.25,s2:0.75", [0.25, 0, 0.75])):
+        want = np.asarray(stylize.apply(styles.select(m, spec), x))
+        w = np.asarray(w, np.float32)
+        got = sess.run(None, {"image": x, "style": w})[0]
+        assert np.abs(got - want).max() <= ONNX_MAX_DIFF + BAKED_MAX_DIFF
+        got = np.asarray(exported.call(x, w))
+        assert np.abs(got - want).max() <= JAX_EXPORT_MAX_DIFF + BAKED_MAX_DIFF
+    # one style baked in: an ordinary single-input export
+    path = modelfile.save_model(tmp_path / "multi.msgpack", m.config, m.variables, meta=m.meta)
+    r = run_cli("bin/export", f"--model={path}", "--format=onnx", f"--out={tmp_path / 's2.onnx'}",
+                "--style=s2")
+    assert r.returncode == 0, r.stderr[-1500:]
+    one = ort.InferenceSession(str(tmp_path / "s2.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in one.get_inputs()] == ["image"]
