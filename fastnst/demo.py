@@ -46,6 +46,21 @@ def small_style_config(style: str, photos_dir: str | os.PathLike, steps: int | N
     return cfg
 
 
+def small_multistyle_config(names: list[str], photos_dir: str | os.PathLike, steps: int | None = None):
+    """`configs/multistyle.py:runlocal` for the styles `names`, pointed at this machine's photos and
+    style images (bundled photos stand in for style images the machine lacks)."""
+    from configs import multistyle
+
+    cfg = multistyle.get_config(f"runlocal,styles={'+'.join(names)}")
+    folder, holdout = data.training_folder(photos_dir)
+    cfg.data.folder, cfg.data.holdout = str(folder), holdout
+    cfg.style_images = tuple(p if Path(p).is_file() else str(data.style_photo(n))
+                             for p, n in zip(cfg.style_images, names, strict=True))
+    if steps:
+        cfg.train.steps = steps
+    return cfg
+
+
 def train_and_stylize(cfg, workdir: str | os.PathLike, *, log: Callable[[str], None] = print
                       ) -> Path | None:
     """Trains `cfg` in `workdir` (resuming) and stylizes the demo content photo with the result;

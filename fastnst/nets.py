@@ -16,11 +16,13 @@ Output mapping (documented deviation): `127.5 * (tanh(x) + 1)`, i.e. exactly ont
 paper's code uses `150 * tanh(x)` around the mean pixel and clips when saving; our range needs no
 clipping, so the losses see exactly the image that is saved.
 
-Options (`config.model`, defaults in `ARCHITECTURES`): `norm` = batch (paper) | instance (Ulyanov
-et al.); `upsample` = transpose (paper, fractionally strided conv) | resize_conv (nearest x2 then
-3x3 conv; avoids checkerboard artefacts); `padding` = paper (one big reflection pad, unpadded
-residual convs) | reflect_same (reflection padding at every conv); `width` multiplies every hidden
-width; `scale` is the SR factor (1 for style). Normalisation and upsampling are injected into the
+Options (`config.model`, defaults in `ARCHITECTURES`): `norm` = batch (paper) | instance (Ulyanov et
+al.) | conditional_instance (a gamma and beta per style, Dumoulin et al. 2017; the net then takes
+style weights and `num_styles` says how many); `upsample` = transpose (paper, fractionally strided
+conv) | resize_conv (nearest x2 then 3x3 conv; avoids checkerboard artefacts); `padding` = paper
+(one big reflection pad, unpadded residual convs) | reflect_same (reflection padding at every conv);
+`width` multiplies every hidden width; `scale` is the SR factor (1 for style). Normalisation and
+upsampling are injected into the
 module as factories (`NORMS`, `UPSAMPLES`), so a new variant is one function and one dict entry.
 """
 

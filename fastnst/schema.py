@@ -80,6 +80,11 @@ class Config:
     start: warmstart.Start | None = None  # the loaded `init_from`
 
     @property
+    def kept_styles(self) -> int:
+        """Styles of the `init_from` model this run keeps and adds to (0 unless adding styles)."""
+        return (self.start.old_styles or 0) if self.start else 0
+
+    @property
     def scale(self) -> int:
         """The SR factor (1 for style transfer)."""
         return self.model["scale"] if self.model["task"] == "sr" else 1
@@ -170,7 +175,7 @@ def validate(config) -> Config:
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
     style_image = _check("style_image", c.get("style_image", ""), str)
     style_images = _style_images(c.get("style_images", ()), model, spec,
-                                 start.old_styles or 0 if start else 0)
+                                 (start.old_styles or 0) if start else 0)
     style_size = _check("style_size", c.get("style_size", 512), int)
     if spec.style_layers:
         if not (style_image or style_images):

@@ -79,3 +79,11 @@ def select(model: Model, style: str | None) -> Model:
     config = {**model.config, "norm": "instance", "num_styles": 1}
     mix = {s: float(x) for s, x in zip(styles, w, strict=True) if x > 0}
     return Model(config=config, variables=variables, meta={**model.meta, "styles": None, "style_mix": mix})
+
+
+def mixing_strip(model: Model, photo: np.ndarray, a: str, b: str, n: int = 5) -> list[np.ndarray]:
+    """`photo` stylized with n mixes from style `a` to style `b` (weights 1-t, t for t in [0, 1])."""
+    from fastnst import stylize
+
+    return [np.asarray(stylize.apply(select(model, f"{a}:{1 - t:.4f},{b}:{t:.4f}"), photo))
+            for t in np.linspace(0.0, 1.0, n)]

@@ -121,7 +121,7 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     vgg_params = vgg.load_params(vgg_path)
     per_style = [losses.style_targets(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
                  for im in style_images]  # [1, C, C] per layer, stacked: [S, C, C]
-    old = cfg.start.old_styles or 0 if cfg.start else 0  # styles kept from init_from: never drawn
+    old = cfg.kept_styles  # (their rows get zero targets: the batches never draw them)
     grams = {k: jnp.concatenate([jnp.zeros((old, *g.shape[1:]), g.dtype)] + [p[k] for p in per_style])
              for k, g in per_style[0].items()} if per_style else {}
     net = nets.build(cfg.model)
