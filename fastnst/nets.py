@@ -22,8 +22,8 @@ style weights and `num_styles` says how many); `upsample` = transpose (paper, fr
 conv) | resize_conv (nearest x2 then 3x3 conv; avoids checkerboard artefacts); `padding` = paper
 (one big reflection pad, unpadded residual convs) | reflect_same (reflection padding at every conv);
 `width` multiplies every hidden width; `scale` is the SR factor (1 for style). Normalisation and
-upsampling are injected into the
-module as factories (`NORMS`, `UPSAMPLES`), so a new variant is one function and one dict entry.
+upsampling are injected into the module as factories (`NORMS`, `UPSAMPLES`), so a new variant is
+one function and one dict entry.
 """
 
 from __future__ import annotations
