@@ -233,6 +233,8 @@ def sr_net(scale: int = 4, *, norm: str = "batch", upsample: str = "transpose", 
     """The paper's super-resolution network for an upsampling factor of 2, 4 or 8."""
     if scale not in (2, 4, 8):
         raise ConfigError(f"model.scale must be 2, 4 or 8 for super-resolution, got {scale}")
+    if norm == "conditional_instance":
+        raise ConfigError("model.norm=conditional_instance (several styles) is for style networks")
     c = _width(64, width)
     return TransformNet(stem=c, down=(), num_res=4, res_channels=c, up=(c,) * int(math.log2(scale)),
                         **_parts(norm, upsample, padding))

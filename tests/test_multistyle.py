@@ -152,6 +152,8 @@ def test_multistyle_config_rules(tmp_path):
                           (dict(loss={**c["loss"], "style": 0.0}), "needs the style loss")):
         with pytest.raises(ConfigError, match=match):
             schema.validate({**c, **change})
+    with pytest.raises(ConfigError, match="for style networks"):
+        nets.model_config({"task": "sr", "norm": "conditional_instance"})
 
 
 def test_train_several_styles_then_stylize_with_a_mix(tmp_path):
