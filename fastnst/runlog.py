@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,21 +74,34 @@ def sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
     return out
 
 
-def write_samples(workdir: Path, step: int, net, variables, samples) -> None:
-    """The held-out photos through the net side by side (a multi-style net: the first photo in
-    every style)."""
+def write_samples(workdir: Path, step: int, net, variables: list, samples) -> None:
+    """Every held-out photo through every network (`variables`: one per network trained side by
+    side) in a row; a multi-style net: the first photo in every style."""
     if nets.is_multistyle(net):
-        outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(samples[0][None]),
+        outs = [np.asarray(stylize.forward(net, variables[0], jnp.asarray(samples[0][None]),
                                            nets.style_weights(net, i)))[0] for i in range(net.num_styles)]
     else:
-        outs = [np.asarray(stylize.forward(net, variables, jnp.asarray(s[None])))[0] for s in samples]
+        outs = [np.asarray(stylize.forward(net, v, jnp.asarray(s[None])))[0]
+                for v in variables for s in samples]
     images.save_image(workdir / "samples" / f"step_{step:07d}.png",
                       images.side_by_side(outs, height=192))
+
+
+def per_network(metrics: dict, names) -> dict:
+    """Metrics of networks trained side by side (each value [M]) as floats: `loss` (their sum,
+    the objective of the joint step) and `<name>/<part>` per network."""
+    host = jax.device_get(metrics)
+    out = {"loss": float(np.sum(host["loss"]))}
+    for i, name in enumerate(names):
+        out.update({f"{name}/{k}": float(v[i]) for k, v in host.items()})
+    return out
 
 
 def plot_losses(workdir: Path) -> None:
     from fastnst import plots
 
     rows = read_metrics(workdir / "metrics.jsonl")
+    # side by side: each network's total only (its parts are in metrics.jsonl)
+    rows = [{k: v for k, v in r.items() if "/" not in k or k.endswith("/loss")} for r in rows]
     if rows:
         plots.loss_curves(rows, workdir / "loss_curve.png")

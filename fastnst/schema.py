@@ -18,6 +18,7 @@ import dataclasses
 import math
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fastnst import data, losses, nets, warmstart
@@ -72,7 +73,7 @@ class Config:
     loss: losses.LossSpec
     train: TrainConfig
     style_image: str = ""
-    style_images: tuple[str, ...] = ()  # a multi-style net's styles, one per model.num_styles
+    style_images: tuple[str, ...] = ()  # a multi-style net's styles, or one single-style net each
     style_size: int = 512
     vgg_weights: str = ""  # "" = the default resolution order (fastnst/vgg.py)
     init_from: str = ""  # a model file or shipped name to start from (`warmstart`)
@@ -83,6 +84,11 @@ class Config:
     def kept_styles(self) -> int:
         """Styles of the `init_from` model this run keeps and adds to (0 unless adding styles)."""
         return (self.start.old_styles or 0) if self.start else 0
+
+    @property
+    def side_by_side(self) -> int:
+        """How many single-style networks this run trains side by side (0: one network)."""
+        return len(self.style_images) if self.model.get("norm") != "conditional_instance" else 0
 
     @property
     def scale(self) -> int:
@@ -174,8 +180,7 @@ def validate(config) -> Config:
         raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
     style_image = _check("style_image", c.get("style_image", ""), str)
-    style_images = _style_images(c.get("style_images", ()), model, spec,
-                                 (start.old_styles or 0) if start else 0)
+    style_images = _style_images(c.get("style_images", ()), model, spec, start)
     style_size = _check("style_size", c.get("style_size", 512), int)
     if spec.style_layers:
         if not (style_image or style_images):
@@ -187,18 +192,27 @@ def validate(config) -> Config:
                   loss_settings=types.MappingProxyType(dict(c["loss"])), start=start)
 
 
-def _style_images(given, model: Mapping, spec: losses.LossSpec, old: int) -> tuple[str, ...]:
+def _style_images(given, model: Mapping, spec: losses.LossSpec, start) -> tuple[str, ...]:
     """A multi-style net trains towards `style_images`, one per `model.num_styles` (less the `old`
-    styles of the model it starts from), with the style loss on; other nets take `style_image` and
-    no `style_images`."""
+    styles of the `start` model it adds to), with the style loss on. For a
+    single-style net, `style_images` means one network per image, trained side by side in one step
+    (`step.side_by_side_step`); `style_image` is then unused."""
     if isinstance(given, str) or not isinstance(given, list | tuple) or not all(
             isinstance(p, str) and p for p in given):
         raise ConfigError(f"style_images must be a list of image paths, got {given!r}")
-    if model.get("norm") != "conditional_instance":
-        if given:
-            raise ConfigError("style_images is for a multi-style net (model.norm=conditional_instance); "
-                              "use style_image")
-        return ()
+    if model.get("norm") != "conditional_instance":  # one net per style, trained side by side
+        if given and model["task"] != "style":
+            raise ConfigError("style_images is for style networks")
+        if given and start:
+            raise ConfigError("init_from cannot start networks trained side by side (style_images with a "
+                              "single-style net); train them one at a time")
+        if given and not spec.style_layers:
+            raise ConfigError("networks trained side by side need the style loss (loss.style > 0)")
+        stems = [Path(p).stem for p in given]  # (each network's model file is named after its style)
+        if len(set(stems)) != len(stems):
+            raise ConfigError(f"style_images: two images share a name ({', '.join(stems)})")
+        return tuple(given)
+    old = (start.old_styles or 0) if start else 0
     if len(given) != model["num_styles"] - old or not given:
         raise ConfigError(f"style_images holds {len(given)} images but model.num_styles is "
                           f"{model['num_styles']}" + (f" ({old} from init_from)" if old else ""))

@@ -108,3 +108,47 @@ def jit_step(mesh: Mesh | None = None):
     rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     return jax.jit(train_step, static_argnums=(4, 6), donate_argnums=0,
                    in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))
+
+
+def stack_states(states) -> TrainState:
+    """M TrainStates of one architecture as one, every leaf with a leading model axis. The first
+    state's static parts (apply_fn, optimizer) are kept: each `optax.adam` call makes new
+    closures, so equal optimizers do not compare equal."""
+    leaves = zip(*(jax.tree.leaves(s) for s in states), strict=True)
+    return jax.tree.unflatten(jax.tree.structure(states[0]), [jnp.stack(x) for x in leaves])
+
+
+def step_of(state: TrainState) -> int:
+    """The step a state is at (stacked states all step together)."""
+    return int(jnp.ravel(state.step)[0])
+
+
+def unstack_state(stacked: TrainState, i: int) -> TrainState:
+    """Model `i` of a stacked state."""
+    return jax.tree.map(lambda x: x[i], stacked)
+
+
+def side_by_side_step(states: TrainState, batch: Mapping[str, jax.Array], vgg_params: Mapping,
+                      style_grams: Mapping[str, jax.Array], spec: losses.LossSpec,
+                      rng: jax.Array | None = None,
+                      compute_dtype: str = "float32") -> tuple[TrainState, dict]:
+    """`train_step` for M networks of one architecture at once, each towards its own style:
+    `states` and `style_grams` carry a leading model axis [M, ...], the batch, VGG and `rng` are
+    shared. The batch does not vary over the models, so under `vmap` the content target's VGG pass
+    is computed once for all of them; the networks' passes and their VGG passes run as one batch of
+    M x N images, which keeps a large accelerator busy where one small network would not.
+    Returns (states, metrics [M])."""
+    def one(state, grams):
+        return train_step(state, batch, vgg_params, grams, spec, rng, compute_dtype)
+
+    return jax.vmap(one)(states, style_grams)
+
+
+@functools.lru_cache(maxsize=8)
+def jit_side_by_side_step(mesh: Mesh | None = None):
+    """`side_by_side_step` jitted like `jit_step` (same seven positional arguments, the batch split
+    over the mesh's `data` axis, the stacked state donated)."""
+    mesh = mesh or parallel.make_mesh()
+    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    return jax.jit(side_by_side_step, static_argnums=(4, 6), donate_argnums=0,
+                   in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))

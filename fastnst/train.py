@@ -35,17 +35,28 @@ from fastnst import (
 )
 from fastnst.errors import ConfigError, JobError
 from fastnst.schema import Config
-from fastnst.step import TrainState, create_train_state, jit_step, variables_of
+from fastnst.step import (
+    TrainState,
+    create_train_state,
+    jit_side_by_side_step,
+    jit_step,
+    stack_states,
+    step_of,
+    unstack_state,
+    variables_of,
+)
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """What a run ended with: the exported model (None if interrupted), step, skipped files, last metrics."""
+    """What a run ended with: the exported model (None if interrupted), step, skipped files, last
+    metrics; `model_paths` holds every exported model (several when networks train side by side)."""
     model_path: Path | None
     step: int
     interrupted: bool
     bad_files: int
     last_metrics: dict
+    model_paths: list = dataclasses.field(default_factory=list)
 
 
 class _StopFlag:
@@ -86,7 +97,8 @@ class _Job:
     writer: bool  # process 0 writes logs, samples and the model
     mesh: jax.sharding.Mesh
     net: nets.TransformNet  # float32, for samples and the exported model
-    state: TrainState
+    state: TrainState  # with a leading model axis when networks train side by side
+    names: tuple[str, ...]  # the networks trained side by side (empty: one network)
     inputs: tuple  # (vgg_params, style_grams, spec, rng, precision): the step's other arguments
     step_fn: Callable
     mngr: ocp.CheckpointManager
@@ -127,11 +139,16 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     net = nets.build(cfg.model)
     init_rng, rng = jax.random.split(jax.random.key(cfg.seed))  # rng: the stochastic terms' base key
     compute = net.clone(dtype=jnp.dtype(t.precision)) if t.precision != "float32" else net
-    variables = nets.init(net, init_rng, scale=cfg.scale)
-    if cfg.start:  # a checkpoint of this workdir, restored below, still wins
-        variables = warmstart.initial_variables(cfg.start, variables)
-    state = create_train_state(compute, init_rng, lr=t.lr, variables=variables,
-                               labels=warmstart.trainable(cfg.start))
+    if cfg.side_by_side:  # one network per style, each its own initialisation; Grams [M, 1, C, C]
+        grams = {k: g[:, None] for k, g in grams.items()}
+        state = stack_states([create_train_state(compute, key, lr=t.lr, scale=cfg.scale)
+                              for key in jax.random.split(init_rng, cfg.side_by_side)])
+    else:
+        variables = nets.init(net, init_rng, scale=cfg.scale)
+        if cfg.start:  # a checkpoint of this workdir, restored below, still wins
+            variables = warmstart.initial_variables(cfg.start, variables)
+        state = create_train_state(compute, init_rng, lr=t.lr, variables=variables,
+                                   labels=warmstart.trainable(cfg.start))
     parallel.barrier("set-up")  # every process set up before the first collective (see barrier)
     # (the run's key as raw key data: replicable across processes; fold_in accepts it)
     state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
@@ -141,11 +158,13 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     batches = data.Batches(source, batch_size=t.batch_size, image_size=t.image_size, seed=cfg.seed,
                            sr_scale=cfg.scale if cfg.scale > 1 else 0, sr_sigma=cfg.data.sr_sigma,
                            workers=cfg.data.workers, cache=cfg.data.cache, process_index=jax.process_index(),
-                           process_count=jax.process_count(), num_styles=len(cfg.style_images),
-                           first_style=old)
+                           process_count=jax.process_count(),
+                           num_styles=0 if cfg.side_by_side else len(cfg.style_images), first_style=old)
     samples = runlog.sample_inputs(source, cfg.scale) if writer else []
-    return _Job(cfg, workdir, writer, mesh, net, state, (vgg_params, grams, cfg.loss, rng, t.precision),
-                jit_step(mesh), mngr, batches, source, samples)
+    names = tuple(Path(p).stem for p in cfg.style_images) if cfg.side_by_side else ()
+    step_fn = jit_side_by_side_step(mesh) if names else jit_step(mesh)
+    return _Job(cfg, workdir, writer, mesh, net, state, names,
+                (vgg_params, grams, cfg.loss, rng, t.precision), step_fn, mngr, batches, source, samples)
 
 
 class _Book:
@@ -160,6 +179,8 @@ class _Book:
     def log(self, step: int, state: TrainState, metrics) -> None:
         if step == self.n_last:  # already logged (a stop right after a log step); steps here are > start
             return
+        if self.job.names:
+            metrics = runlog.per_network(metrics, self.job.names)
         host = checkpoints.check_finite(metrics, state, step, self.job.mngr)
         now = time.perf_counter()
         rate = (step - self.n_last) * self.job.cfg.train.batch_size / max(now - self.t_last, 1e-9)
@@ -194,7 +215,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     """
     cfg, workdir = schema.validate(config), Path(workdir)
     job = _setup(cfg, workdir)
-    start = int(job.state.step)
+    start = step_of(job.state)
     if job.writer:
         runlog.truncate_metrics(workdir, start)
     result = TrainResult(None, start, False, 0, {})
@@ -216,14 +237,29 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     result.bad_files = len(job.batches.bad)
     if not result.interrupted and job.writer:
         result.last_metrics = result.last_metrics or runlog.last_metrics(workdir)  # (nothing ran now)
-        result.model_path = modelfile.save_model(
-            workdir / f"model{modelfile.SUFFIX}", dict(cfg.model), variables_of(job.state),
-            meta={"steps": int(job.state.step), "planned_steps": cfg.train.steps,
-                  "final_metrics": result.last_metrics, "style_image": cfg.style_image,
-                  "data": job.source.name,
-                  **({"styles": _style_names(cfg)} if cfg.style_images else {})})
+        result.model_paths = _export(job, result.last_metrics)
+        result.model_path = result.model_paths[0]
         runlog.plot_losses(workdir)
     return result
+
+
+def _export(job: _Job, last_metrics: dict) -> list[Path]:
+    """Writes the model file (`model.msgpack`; side by side: `model_<style>.msgpack` each)."""
+    cfg = job.cfg
+    meta = {"steps": step_of(job.state), "planned_steps": cfg.train.steps,
+            "data": job.source.name}
+    if not job.names:
+        return [modelfile.save_model(
+            job.workdir / f"model{modelfile.SUFFIX}", dict(cfg.model), variables_of(job.state),
+            meta={**meta, "final_metrics": last_metrics, "style_image": cfg.style_image,
+                  **({"styles": _style_names(cfg)} if cfg.style_images else {})})]
+    def own(name):  # this network's part of the joint metrics
+        return {k.partition("/")[2]: v for k, v in last_metrics.items() if k.startswith(f"{name}/")}
+
+    return [modelfile.save_model(job.workdir / f"model_{name}{modelfile.SUFFIX}", dict(cfg.model),
+                                 variables_of(unstack_state(job.state, i)),
+                                 meta={**meta, "style_image": path, "final_metrics": own(name)})
+            for i, (name, path) in enumerate(zip(job.names, cfg.style_images, strict=True))]
 
 
 def _loop(job: _Job, book: _Book, on_step) -> None:
@@ -250,12 +286,20 @@ def _loop(job: _Job, book: _Book, on_step) -> None:
             elif itstime(step, t.log_every, t.steps):
                 book.log(step, job.state, metrics)
             if job.samples and itstime(step, t.sample_every, t.steps):
-                runlog.write_samples(job.workdir, step, job.net, variables_of(job.state), job.samples)
+                runlog.write_samples(job.workdir, step, job.net, *_sample_variables(job))
             book.bar.update(1)
         if metrics is not None and job.mngr.latest_step() != result.step:  # stopped early
             book.save(result.step, job.state, metrics, force=True)
     # A time limit ends the run normally (exported); a signal (to any process) leaves it to be resumed.
     result.interrupted = signalled and result.step < t.steps
+
+
+def _sample_variables(job: _Job) -> tuple[list, list]:
+    """(variables, inputs) for the samples: each held-out photo through the net, or, side by side,
+    the first one through every network."""
+    if not job.names:
+        return [variables_of(job.state)], job.samples
+    return [variables_of(unstack_state(job.state, i)) for i in range(len(job.names))], job.samples[:1]
 
 
 def _style_names(cfg: Config) -> list[str]:
