@@ -7,7 +7,8 @@
    number of training images. Per-style content and style loss of each network's output on 7
    held-out photos (../shared/data/content and the training folder's held-out files, 256x256).
 2. A fifth style (wave) three ways, STEPS steps each: added to the 4-style network (gamma/beta
-   only), from scratch, and fine-tuned from the shipped `the_scream` (width 1.0). Training
+   only, at Adam lr 1e-3, 3e-3 and 1e-2: 1,600 numbers tolerate a larger step than the whole
+   network), from scratch, and fine-tuned from the shipped `the_scream` (width 1.0). Training
    objective (the weighted loss, mean of the last log lines) against CPU minutes (the loop's own
    images/s, so start-up is not counted), one plot.
 3. Contact sheet of the four styles and a mixing strip candy -> udnie.
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+ADD_LRS = ("1e-3", "3e-3", "1e-2")
 STYLES = ("candy", "udnie", "mosaic", "la_muse")
 FIFTH = "wave"
 
@@ -84,19 +86,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--work", default="runs/measure_multistyle")
     ap.add_argument("--out", default="results/multistyle")
+    ap.add_argument("--keep-table", action="store_true",
+                    help="keep part 1's table from the existing results.json (no single-style runs)")
     a = ap.parse_args()
     from fastnst import images, modelfile, plots, styles, stylize, vgg
 
     work, out, n = ROOT / a.work, ROOT / a.out, a.steps
     out.mkdir(parents=True, exist_ok=True)
-    singles = {s: _train(work / s, f"configs/style.py:runlocal,style={s}", f"--config.train.steps={n}")
-               for s in STYLES}
+    old = json.loads((out / "results.json").read_text()) if a.keep_table else None
+    singles = {} if old else {s: _train(work / s, f"configs/style.py:runlocal,style={s}",
+                                        f"--config.train.steps={n}") for s in STYLES}
     multi = _train(work / "multi4", f"configs/multistyle.py:runlocal,styles={'+'.join(STYLES)}",
                    f"--config.train.steps={4 * n}")
     fifth = {
-        "gamma/beta only, added to the 4-style net": _train(
-            work / "add_wave", f"configs/multistyle.py:runlocal,styles={FIFTH}", f"--config.train.steps={n}",
-            f"--config.init_from={multi}"),
+        f"gamma/beta only, added to the 4-style net, lr {lr}": _train(
+            work / f"add_wave_lr{lr}", f"configs/multistyle.py:runlocal,styles={FIFTH}",
+            f"--config.train.steps={n}", f"--config.init_from={multi}", f"--config.train.lr={lr}")
+        for lr in ADD_LRS}
+    fifth |= {
         "from scratch": _train(work / FIFTH, f"configs/style.py:runlocal,style={FIFTH}",
                                f"--config.train.steps={n}"),
         "fine-tuned from the_scream (width 1.0)": _train(
@@ -105,8 +112,8 @@ def main() -> None:
     }
     params, photos = vgg.load_params(), _photos()
     m4 = modelfile.load_model(multi)
-    rows = []
-    for s in STYLES:
+    rows = old["table"] if old else []
+    for s in singles:
         one = _losses(modelfile.load_model(singles[s]), s, photos, params)
         many = _losses(styles.select(m4, s), s, photos, params)
         rows.append({"style": s, "single": one, "multi": many,
@@ -119,7 +126,7 @@ def main() -> None:
                  ylabel="training objective (moving mean of 5 logs)",
                  hline=("from scratch, final", target),
                  title=f"adding '{FIFTH}': {n} steps each, batch 2, 128 px")
-    added = modelfile.load_model(fifth["gamma/beta only, added to the 4-style net"])
+    added = modelfile.load_model(next(iter(fifth.values())))
     leaves = jax.tree.leaves(added.variables["params"])
     per_style = sum(np.size(p) for p in leaves if np.ndim(p) == 2) // added.config["num_styles"]
     total = sum(np.size(p) for p in leaves)
