@@ -38,6 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.vgg_weights = ""  # "" = the default resolution order (fastnst/vgg.py); else a weights file
     c.init_from = ""  # model file or shipped name to start from: fine-tuning or adding styles (warmstart.py)
     c.style_image = f"{STYLES}/{a['style']}.jpg"
+    # Several images here: one network per image, trained side by side in one step (style_image unused).
+    c.style_images = ()
     c.style_size = 512  # longer side of the style image when its Grams are computed
 
     c.model = ml_collections.ConfigDict(dict(

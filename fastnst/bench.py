@@ -75,7 +75,7 @@ def feedforward(size: int, *, batch: int = 1, variant=PAPER_STYLE, repeats: int 
 
 
 def train_step(loss: Mapping, size: int = 256, batch: int = 4, *, variant=PAPER_STYLE,
-               repeats: int = 5) -> dict:
+               repeats: int = 5, networks: int = 1) -> dict:
     """Time of one training step as training runs it: `train.train_and_evaluate` itself (data
     pipeline, the sharded jitted step, logging and divergence checks) on synthetic photos, with the
     objective `loss` (a `config.loss` block) and the network `variant`.
@@ -83,12 +83,15 @@ def train_step(loss: Mapping, size: int = 256, batch: int = 4, *, variant=PAPER_
     The run takes 2 x `repeats` steps with a log line every `repeats`: the first interval holds
     the compilation, the second is `repeats` steady steps; `median_s` is their mean (the loop
     reports no single steps), `compile_s` the first interval less `repeats` steady steps.
+    `networks` > 1 trains that many networks side by side (each towards its own style image).
     """
     from fastnst import images, train
 
     with tempfile.TemporaryDirectory(prefix="fastnst-bench-") as tmp:
-        style = images.save_image(Path(tmp) / "style.png", np.asarray(_image(size, seed=2)[0]))
-        config = {"seed": 0, "style_image": str(style), "style_size": size,
+        styles = [str(images.save_image(Path(tmp) / f"style{k}.png", np.asarray(_image(size, seed=2 + k)[0])))
+                  for k in range(networks)]
+        config = {"seed": 0, "style_image": styles[0], "style_size": size,
+                  "style_images": tuple(styles) if networks > 1 else (),
                   "model": {"task": "style", **variant}, "data": {"source": "synthetic", "workers": 2},
                   "loss": dict(loss),
                   "train": dict(batch_size=batch, image_size=size, steps=2 * repeats, lr=1e-3,

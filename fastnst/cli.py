@@ -157,6 +157,17 @@ def unit_interval(text: str) -> float:
     return v
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return v
+
+
 def add_image_args(ap: argparse.ArgumentParser) -> None:
     """The arguments bin/stylize and bin/upscale share."""
     ap.add_argument("inputs", nargs="+", metavar="INPUT",

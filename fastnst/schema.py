@@ -193,9 +193,9 @@ def validate(config) -> Config:
 
 
 def _style_images(given, model: Mapping, spec: losses.LossSpec, start) -> tuple[str, ...]:
-    """A multi-style net trains towards `style_images`, one per `model.num_styles` (less the `old`
-    styles of the `start` model it adds to), with the style loss on. For a
-    single-style net, `style_images` means one network per image, trained side by side in one step
+    """A multi-style net trains towards `style_images`, one per `model.num_styles` (less the
+    styles of the `start` model it adds to), with the style loss on. For a single-style net,
+    `style_images` means one network per image, trained side by side in one step
     (`step.side_by_side_step`); `style_image` is then unused."""
     if isinstance(given, str) or not isinstance(given, list | tuple) or not all(
             isinstance(p, str) and p for p in given):

@@ -38,15 +38,15 @@ def test_side_by_side_step_equals_separate_steps(vgg_params, tmp_path):
     assert ms["loss"].shape == (3,)
     for i, (s, m) in enumerate(alone):
         # vmap batches the convolutions differently, so float32 sums are ordered differently:
-        # equal to rounding (relative 1e-4 after two Adam steps), not bit for bit.
-        np.testing.assert_allclose(ms["loss"][i], m["loss"], rtol=1e-4)
+        # equal to rounding, not bit for bit. Measured with the tests' settings (XLA optimisation
+        # off, and on): losses 4.6e-7 relative, outputs 0.022 of 255 at most; bounds 4x that.
+        np.testing.assert_allclose(ms["loss"][i], m["loss"], rtol=2e-6)
         mine = unstack_state(stacked, i)
         # Compared through the outputs with a small lr, not leaf by leaf: Adam's first steps move
         # every parameter by about +-lr whatever the size of its gradient, so where a gradient is
         # rounding noise (e.g. a conv bias right before an instance norm) the sign is arbitrary.
-        # With lr 1e-4 that moves outputs by at most ~0.01 of 255.
         np.testing.assert_allclose(t.net.apply({"params": mine.params}, t.x),
-                                   t.net.apply({"params": s.params}, t.x), atol=0.05)
+                                   t.net.apply({"params": s.params}, t.x), atol=0.09)
         assert int(mine.step) == 2
     # each network took its own step (towards its own style from its own start)
     assert len({round(float(v), 3) for v in ms["style"]}) == 3
@@ -129,3 +129,114 @@ def test_side_by_side_config_rules(tmp_path):
     nostyle.loss.style = 0.0
     with pytest.raises(ConfigError, match="need the style loss"):
         schema.validate(nostyle)
+
+
+def test_plan_gives_every_unit_the_same_fraction_of_its_recipe():
+    from types import SimpleNamespace
+
+    from fastnst import recipe
+
+    units = [SimpleNamespace(name="a", recipe_steps=1000), SimpleNamespace(name="b", recipe_steps=4000)]
+    measured = {"a": {"step_s": 0.5, "warmup_steps": 5}, "b": {"step_s": 0.1, "warmup_steps": 5}}
+    steps = recipe.plan(units, measured, 180.0)  # the whole recipe needs 500 + 400 s: 20% of it fits
+    assert steps == {"a": 200, "b": 800}
+    assert sum(steps[u.name] * measured[u.name]["step_s"] for u in units) <= 180.0
+    assert recipe.plan(units, measured, 1e6) == {"a": 1000, "b": 4000}  # never more than the recipe
+    assert recipe.plan(units, measured, 1.0) == {"a": 5, "b": 5}  # at least the warm-up's steps
+
+
+def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, tmp_path):
+    """bin/recipe at toy sizes, as a user runs it: the plan first, every model exported with its
+    card, Fig. 5 per style, Table 2 (with and without histogram matching) per SR model, gallery
+    and report."""
+    from fastnst import modelfile, recipe
+    from tests.helpers import run_cli
+
+    out = tmp_path / "job"
+    r = run_cli("bin/recipe", "--dry-run", "--budget-minutes=5", "--styles=candy,mosaic", f"--out={out}",
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.index("planned steps") < r.stdout.index("evaluated candy")  # the plan comes first
+    names = ["candy", "mosaic", *recipe.SR_UNITS]
+    assert sorted(p.stem for p in (out / "models").glob("*.msgpack")) == sorted(names)
+    for name in names:
+        m = modelfile.load_model(out / "models" / f"{name}.msgpack")
+        card = (out / "models" / f"{name}.md").read_text()
+        sr = recipe.SR_UNITS.get(name)
+        assert f"paper recipe {recipe.TOY.sr_steps if sr else recipe.TOY.style_steps}" in card
+        assert m.meta["steps"] >= recipe.TOY.warmup
+        assert m.config["upsample"] == "resize_conv"
+        if sr:
+            assert m.config["task"] == "sr" and m.config["scale"] == sr[0]
+            for suffix in ("", "_histmatch"):
+                assert (out / "eval" / f"{name}{suffix}" / "table.md").is_file()
+        else:
+            assert m.config["norm"] == "instance" and "side by side with: candy, mosaic" in card
+            assert (out / "eval" / name / "table.md").is_file()
+    import json
+
+    sigma = json.loads((out / "runs" / "sr_x4_bicubic" / "config.json").read_text())["data"]["sr_sigma"]
+    assert sigma == 0.0
+    report = (out / "report.md").read_text()
+    assert "## Targets" in report and "sr_x4_bicubic: Set5" in report and "candy: network objective" in report
+    assert (out / "gallery.jpg").stat().st_size > 10_000 and (out / "plan.md").is_file()
+
+
+def test_recipe_refuses_bad_input_in_one_line(tmp_path):
+    from tests.helpers import one_line_error, run_cli
+
+    zero = run_cli("bin/recipe", "--budget-minutes=0", f"--out={tmp_path}")
+    assert "budget-minutes" in one_line_error(zero, 2)
+    line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--styles=no_such_style",
+                                  f"--out={tmp_path}"))
+    assert "no_such_style" in line
+
+
+def test_bench_recipe_tables(tmp_path):
+    """bin/bench --recipe's two tables at toy sizes: the side-by-side steps go through the training
+    loop (one row per network count), the loader reads the folder twice (first pass, cached)."""
+    from configs import style as style_config
+    from fastnst import bench_train
+    from tests.helpers import write_photos
+
+    tiny = {"norm": "instance", "upsample": "resize_conv", "padding": "paper", "width": 0.125}
+    rows = bench_train.side_by_side(style_config.get_config().loss.to_dict(), counts=(1, 2), size=32,
+                                    variant=tiny, repeats=1)
+    assert [r["networks"] for r in rows] == [1, 2]
+    assert all(r["step_s"] > 0 and abs(r["per_network_s"] * r["networks"] - r["step_s"]) < 1e-12
+               for r in rows)
+    loader = bench_train.loader(str(write_photos(tmp_path / "photos", 6)), workers=(1, 2), size=32, batch=2,
+                                batches=3)
+    assert [r["workers"] for r in loader] == [1, 2]
+    assert all(r["cold_images_per_s"] > 0 and r["cached_images_per_s"] > 0 for r in loader)
+    assert "networks side by side" in bench_train.markdown({"side_by_side": rows, "loader": loader})
+
+
+def test_recipe_multistyle_unit_ships_each_style_as_its_own_model(tmp_path):
+    import jax
+
+    from fastnst import modelfile, nets, recipe, schema, styles, stylize
+    from tests.helpers import write_photos
+
+    paths = [tmp_path / f"{n}.jpg" for n in ("ink", "sun")]
+    job = recipe.units(recipe.TOY, styles=paths, photos=str(write_photos(tmp_path / "p", 4)),
+                       precision="float32", multistyle=True)
+    unit = job[0]
+    assert unit.is_multistyle and unit.config.model.num_styles == 2 and len(job) == 1 + len(recipe.SR_UNITS)
+    for u in job[1:]:
+        assert schema.validate(u.config).model["upsample"] == "resize_conv"
+    net = nets.build(unit.config.model.to_dict())
+    v = nets.init(net, jax.random.key(1))
+    v = jax.tree.map(lambda x: x + np.arange(x.shape[0])[:, None] if np.ndim(x) == 2 else x, v)  # rows differ
+    work = tmp_path / "runs" / "styles"
+    modelfile.save_model(work / "model.msgpack", unit.config.model.to_dict(), v,
+                         meta={"styles": ["ink", "sun"]})
+    files = unit.model_files(work)
+    assert list(files) == ["ink", "sun"]
+    photo = np.random.default_rng(0).uniform(0, 255, (24, 24, 3))
+    multi = modelfile.load_model(work / "model.msgpack")
+    for name, path in files.items():
+        one = modelfile.load_model(path)
+        assert one.config["norm"] == "instance" and one.meta["style_image"].endswith(f"{name}.jpg")
+        np.testing.assert_array_equal(stylize.apply(one, photo),
+                                      stylize.apply(styles.select(multi, name), photo))

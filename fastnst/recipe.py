@@ -1,0 +1,247 @@
+"""The shipped model set as one budgeted job (`bin/recipe`), made for a briefly lent accelerator.
+
+The set, as units trained one after the other (each one `train.train_and_evaluate` run):
+  * `styles`: one network per style image (the_scream, starry_night, candy, mosaic by default),
+    side by side in one jitted step (`step.side_by_side_step`: one data batch and one VGG pass of
+    the content target for all), instance norm and resize-convolution like the shipped models;
+  * `sr_x4_feature`, `sr_x4_pixel`, `sr_x8_feature`, `sr_x8_pixel`: the paper's SR networks with
+    resize-convolution upsampling (transposed convolutions leave a cross-hatch);
+  * `sr_x4_bicubic`: x4 with the pixel loss on the bicubic-only degradation the SR evaluation uses.
+
+Planning: every unit first runs `warmup` steps in its own workdir (compiling once; those steps count),
+which measures its start-up and step time. The rest of the budget, less the evaluation's share, is
+split so that every unit reaches the same fraction of its recipe (the paper's 40k steps for style,
+200k for SR), at most all of it; the plan is printed and written (plan.md) before training goes on.
+Each unit then resumes its workdir towards its planned steps with a time limit, so a slow unit is
+cut off, and exported, rather than eating the others' time; its card says the steps it reached.
+
+With `multistyle`, the styles are one network instead (conditional instance norm, one gamma/beta
+per style): models/multistyle.msgpack, and each style also baked into its own model file.
+
+Outputs in `out`: runs/<unit>/ (workdirs), models/<name>.msgpack and <name>.md (model cards),
+eval/<name>/ (Fig. 5 per style, Table 2 with and without histogram matching per SR model),
+gallery.jpg, plan.md and report.md (everything, with the issue's targets checked; written by
+`recipe_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fastnst import data, evaluate, images, modelfile, recipe_report, runlog, schema, train
+
+STYLES = ("the_scream", "starry_night", "candy", "mosaic")
+SR_UNITS = {  # name: (scale, loss, sr_sigma)
+    "sr_x4_feature": (4, "feature", 1.0), "sr_x4_pixel": (4, "pixel", 1.0),
+    "sr_x8_feature": (8, "feature", 1.0), "sr_x8_pixel": (8, "pixel", 1.0),
+    "sr_x4_bicubic": (4, "pixel", 0.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """What differs between the full recipe and a dry run."""
+    width: float = 1.0
+    batch: int = 4
+    style_crop: int = 256
+    sr_crop: int = 288
+    style_steps: int = 40_000  # the paper's recipe
+    sr_steps: int = 200_000
+    warmup: int = 20
+    holdout: int = 10  # held-out training photos: Fig. 5's photos
+    fig5_size: int = 256
+    fig5_iters: int = 300
+    fig5_checkpoints: tuple[int, ...] = (50, 100, 300)  # the first is the target's
+    style_size: int = 512
+    sr_sets: tuple[str, ...] = ("Set5", "Set14", "BSD100")
+    lpips: bool = True
+    eval_share: float = 0.15  # of the budget, kept for evaluation
+
+
+FULL = Sizes()
+TOY = Sizes(width=0.125, batch=2, style_crop=32, sr_crop=64, style_steps=12, sr_steps=12, warmup=3,
+            holdout=2, fig5_size=48, fig5_iters=6, fig5_checkpoints=(2, 4), style_size=64, sr_sets=("Set5",),
+            lpips=False, eval_share=0.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One training run of the job: its config and the paper's step count for it."""
+    name: str
+    config: object  # ml_collections.ConfigDict, as bin/train takes
+    recipe_steps: int
+
+    @property
+    def is_style(self) -> bool:
+        return self.config.model.task == "style"
+
+    @property
+    def is_multistyle(self) -> bool:
+        return self.config.model.norm == "conditional_instance"
+
+    def model_files(self, workdir: Path) -> dict[str, Path]:
+        """{model name: file} of what the run exported. A multi-style network is also written as
+        one instance-norm model per style (`styles.select`), so every style is evaluated, carded
+        and shipped like a single-style model."""
+        from fastnst import styles
+
+        names = [Path(p).stem for p in self.config.get("style_images", ())]
+        if self.is_multistyle:
+            multi = modelfile.load_model(workdir / f"model{modelfile.SUFFIX}")
+            return {n: modelfile.save_model(workdir / f"model_{n}{modelfile.SUFFIX}", m.config, m.variables,
+                                            meta={**m.meta, "style_image": p})
+                    for n, p in zip(names, self.config.style_images, strict=True)
+                    for m in [styles.select(multi, n)]}
+        if names:
+            return {n: workdir / f"model_{n}{modelfile.SUFFIX}" for n in names}
+        return {self.name: workdir / f"model{modelfile.SUFFIX}"}
+
+
+def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
+          multistyle: bool = False) -> list[Unit]:
+    """The shipped set at `sizes`: the style networks side by side (or, `multistyle`, one network
+    holding every style: conditional instance norm), then the SR models."""
+    from configs import sr_x4
+    from configs import style as style_config
+
+    def common(c, crop):
+        c.model.width = sizes.width
+        c.data.update(folder=str(photos), holdout=sizes.holdout, cache=True)
+        c.train.update(batch_size=sizes.batch, image_size=crop, precision=precision, sample_every=0,
+                       log_every=max(1, min(50, sizes.warmup)), ckpt_every=1000, keep=2)
+        return c
+
+    out = []
+    if styles:
+        c = common(style_config.get_config(), sizes.style_crop)
+        c.model.update(norm="instance", upsample="resize_conv")
+        if multistyle:
+            c.model.update(norm="conditional_instance", num_styles=len(styles))
+            c.style_image = ""
+        c.style_images = tuple(str(p) for p in styles)
+        c.style_size = sizes.style_size
+        out.append(Unit("styles", c, sizes.style_steps))
+    for name, (scale, loss, sigma) in SR_UNITS.items():
+        c = common(sr_x4.get_config(f"loss={loss}", scale=scale), sizes.sr_crop)
+        c.model.upsample = "resize_conv"
+        c.data.sr_sigma = sigma
+        out.append(Unit(name, c, sizes.sr_steps))
+    return out
+
+
+def measure(unit: Unit, workdir: Path, steps: int) -> dict:
+    """Runs the unit's first `steps` steps; returns its start-up (set-up and compilation) and step
+    time in seconds. Kept in the workdir (measured.json), so a rerun of the job plans alike."""
+    saved = workdir / "measured.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    c = unit.config.copy_and_resolve_references()
+    c.train.update(steps=steps, log_every=1)
+    t0 = time.perf_counter()
+    train.train_and_evaluate(c, workdir, progress=False)
+    wall = time.perf_counter() - t0
+    rates = [r["images_per_s"] for r in runlog.read_metrics(workdir / "metrics.jsonl")][1:]  # [0]: compile
+    step_s = unit.config.train.batch_size / float(np.median(rates)) if rates else wall / steps
+    out = {"step_s": step_s, "startup_s": max(0.0, wall - steps * step_s), "warmup_steps": steps}
+    images.atomic_write_bytes(saved, json.dumps(out).encode())
+    return out
+
+
+def plan(units_: list[Unit], measured: dict, seconds: float) -> dict[str, int]:
+    """Steps per unit so that all reach the same fraction of their recipe in `seconds`."""
+    need = sum(u.recipe_steps * measured[u.name]["step_s"] for u in units_)
+    fraction = min(1.0, max(0.0, seconds) / need) if need else 1.0
+    return {u.name: max(measured[u.name]["warmup_steps"], int(fraction * u.recipe_steps)) for u in units_}
+
+
+def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: list[Path] | None = None,
+        photos: str | None = None, sr_root: str | None = None, multistyle: bool = False,
+        log: Callable[[str], None] = print) -> Path:
+    """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`)."""
+    t0, out = time.monotonic(), Path(out)
+    budget = budget_minutes * 60
+    shared = data.shared_data()
+    styles = [shared / "styles" / f"{s}.jpg" for s in STYLES] if styles is None else styles
+    photos = photos or str(shared / "train")
+    sr_root = sr_root or str(shared / "sr")
+    precision = "bfloat16" if jax.default_backend() == "gpu" else "float32"  # (bf16 is slow on CPUs)
+    # Each unit's run after its warm-up builds its network anew, which retraces the step: with a
+    # persistent cache the compiled program is read back instead of compiled a second time.
+    jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    job = units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle)
+    for u in job:  # every config and data folder checked before anything runs
+        schema.validate(u.config)
+    data.FolderSource(photos, holdout=sizes.holdout)
+    for s in sizes.sr_sets:
+        evaluate.find_set(s, Path(sr_root))
+    measured = {}
+    for u in job:
+        measured[u.name] = measure(u, out / "runs" / u.name, sizes.warmup)
+        m = measured[u.name]
+        log(f"{u.name}: start-up {m['startup_s']:.1f} s, {m['step_s']:.4f} s/step")
+    left = budget * (1 - sizes.eval_share) - (time.monotonic() - t0)
+    steps = plan(job, measured, left - sum(m["startup_s"] for m in measured.values()))
+    table = recipe_report.plan_table(job, measured, steps)
+    head = f"# Plan ({jax.devices()[0].device_kind}, budget {budget_minutes} min)"
+    images.atomic_write_bytes(out / "plan.md", f"{head}\n\n{table}\n".encode())
+    log(table)
+    reached, cards = {}, {}
+    for u in job:
+        c = u.config.copy_and_resolve_references()
+        mine = measured[u.name]["startup_s"] + (steps[u.name] - sizes.warmup) * measured[u.name]["step_s"]
+        end = t0 + budget * (1 - sizes.eval_share)  # the training part of the budget, whatever came before
+        c.train.update(steps=steps[u.name], time_limit_s=max(1.0, min(1.2 * mine, end - time.monotonic())))
+        t = time.monotonic()
+        result = train.train_and_evaluate(c, out / "runs" / u.name, progress=False)
+        reached[u.name] = result.step
+        if u.is_multistyle:  # the multi-style file itself ships too
+            (out / "models").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / "runs" / u.name / f"model{modelfile.SUFFIX}",
+                            out / "models" / f"multistyle{modelfile.SUFFIX}")
+        for name, path in u.model_files(out / "runs" / u.name).items():
+            cards[name] = _card(u, name, path, out / "models", result.step, steps[u.name],
+                                time.monotonic() - t, measured[u.name])
+        log(f"{u.name}: {result.step} of {steps[u.name]} steps in {time.monotonic() - t:.0f} s")
+    evals = recipe_report.evaluate_models(job, out, sizes, cards, sr_root, log)
+    recipe_report.gallery(job, out, cards, sizes, sr_root)
+    return recipe_report.write(out, job, sizes, measured, steps, reached, cards, evals, time.monotonic() - t0,
+                               budget)
+
+
+def _card(unit: Unit, name: str, src: Path, folder: Path, step: int, planned: int, wall: float,
+          measured: dict) -> dict:
+    """Copies the model into `folder` and writes its card (<name>.md); returns the card's facts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / f"{name}{modelfile.SUFFIX}"
+    shutil.copyfile(src, dst)
+    m = modelfile.load_model(dst)
+    facts = {"name": name, "file": str(dst), "unit": unit.name, "steps": step, "planned_steps": planned,
+             "recipe_steps": unit.recipe_steps, "cut_off": step < planned, "wall_s": round(wall, 1),
+             "s_per_step": measured["step_s"], "device": jax.devices()[0].device_kind,
+             "model": dict(m.config), "style_image": m.meta.get("style_image", ""),
+             "final_metrics": m.meta.get("final_metrics", {}), "batch": unit.config.train.batch_size,
+             "crop": unit.config.train.image_size, "precision": unit.config.train.precision}
+    task = f"{m.config['task']}" + (f" x{m.config['scale']}" if m.config["task"] == "sr" else "")
+    together = ", ".join(Path(p).stem for p in unit.config.get("style_images", ()))
+    lines = [f"# {name}", "", f"- task: {task}",
+             f"- steps: {step} (planned {planned}, paper recipe {unit.recipe_steps})"
+             + (" - cut off by the time budget" if facts["cut_off"] else ""),
+             (f"- one multi-style network (conditional instance norm) holding: {together}"
+              if unit.is_multistyle else f"- trained side by side with: {together}")
+             if unit.config.get("style_images") else f"- unit: {unit.name}",
+             f"- batch {facts['batch']}, crop {facts['crop']}, {facts['precision']}, {facts['device']}, "
+             f"{facts['s_per_step']:.4f} s/step, {facts['wall_s']} s",
+             f"- architecture: {json.dumps(facts['model'])}",
+             f"- final training losses: {json.dumps(facts['final_metrics'])}"]
+    if facts["style_image"]:
+        lines.append(f"- style image: {facts['style_image']}")
+    images.atomic_write_bytes(folder / f"{name}.md", ("\n".join(lines) + "\n").encode())
+    return facts
