@@ -103,12 +103,13 @@ def gallery(job: list, out: Path, cards: dict, sizes, sr_root: str) -> Path:
 
 
 def write(out: Path, job, sizes, measured, steps, reached, cards, evals, wall: float,
-            budget: float) -> Path:
+          budget: float, notes=()) -> Path:
     sizes_note = ", ".join(f"{u.name}: batch {u.config.train.batch_size}, crop {u.config.train.image_size}"
                            for u in job)
     md = [f"# Recipe job on {jax.devices()[0].device_kind} x{jax.device_count()}", "",
           f"Budget {budget / 60:.1f} min; the whole job took {wall / 60:.1f} min. {sizes_note}.", "",
-          "## Plan and steps reached", "", plan_table(job, measured, steps, reached), "",
+          "## Plan and steps reached", "", *[x for n in notes for x in (n, "")],
+          plan_table(job, measured, steps, reached), "",
           "## Models", "", "| model | steps | planned | recipe | cut off | wall s |",
           "|---|---|---|---|---|---|"]
     md += [f"| {n} | {c['steps']} | {c['planned_steps']} | {c['recipe_steps']} | {c['cut_off']} | "
