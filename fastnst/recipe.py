@@ -36,7 +36,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastnst import data, evaluate, images, modelfile, recipe_report, runlog, schema, train
+from fastnst import checkpoints, data, evaluate, images, modelfile, recipe_report, runlog, schema, train
+from fastnst.errors import ConfigError
 
 STYLES = ("the_scream", "starry_night", "candy", "mosaic")
 SR_UNITS = {  # name: (scale, loss, sr_sigma)
@@ -136,6 +137,19 @@ def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
     return out
 
 
+def select_units(job: list[Unit], names: str | None) -> list[Unit]:
+    """The units named in `names` (comma-separated; None or "": all), in the job's order."""
+    if not names:
+        return job
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = [u.name for u in job]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise ConfigError(f"--units: unknown {', '.join(unknown) if unknown else repr(names)}; "
+                          f"the units are {', '.join(known)}")
+    return [u for u in job if u.name in wanted]
+
+
 def measure(unit: Unit, workdir: Path, steps: int) -> dict:
     """Runs the unit's first `steps` steps; returns its start-up (set-up and compilation) and step
     time in seconds. Kept in the workdir (measured.json), so a rerun of the job plans alike."""
@@ -154,11 +168,23 @@ def measure(unit: Unit, workdir: Path, steps: int) -> dict:
     return out
 
 
-def plan(units_: list[Unit], measured: dict, seconds: float) -> dict[str, int]:
-    """Steps per unit so that all reach the same fraction of their recipe in `seconds`."""
-    need = sum(u.recipe_steps * measured[u.name]["step_s"] for u in units_)
-    fraction = min(1.0, max(0.0, seconds) / need) if need else 1.0
-    return {u.name: max(measured[u.name]["warmup_steps"], int(fraction * u.recipe_steps)) for u in units_}
+def plan(units_: list[Unit], measured: dict, seconds: float, done: dict | None = None) -> dict[str, int]:
+    """Steps per unit (totals, counting the `done` ones of earlier slots) so that all reach the same
+    fraction of their recipe, as far as `seconds` more of training allow."""
+    done = done or {}
+
+    def cost(f):  # seconds to bring every unit to the fraction f of its recipe
+        return sum(max(0.0, f * u.recipe_steps - done.get(u.name, 0)) * measured[u.name]["step_s"]
+                   for u in units_)
+
+    lo, hi = 0.0, 1.0
+    if cost(1.0) <= seconds:
+        lo = 1.0
+    for _ in range(60 if lo < 1.0 else 0):  # cost is increasing in f: bisect
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
+    return {u.name: max(measured[u.name]["warmup_steps"], done.get(u.name, 0),
+                        int(lo * u.recipe_steps + 1e-9)) for u in units_}
 
 
 def one_at_a_time(unit: Unit) -> list[Unit]:
@@ -197,7 +223,7 @@ def choose_style_form(job: list[Unit], out: Path, sizes: Sizes,
 
 def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: list[Path] | None = None,
         photos: str | None = None, sr_root: str | None = None, multistyle: bool = False,
-        log: Callable[[str], None] = print) -> Path:
+        only: str | None = None, log: Callable[[str], None] = print) -> Path:
     """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`)."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
@@ -210,7 +236,8 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     # persistent cache the compiled program is read back instead of compiled a second time.
     jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    job = units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle)
+    job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle),
+                       only)
     for u in job:  # every config and data folder checked before anything runs
         schema.validate(u.config)
     data.FolderSource(photos, holdout=sizes.holdout)
@@ -225,7 +252,8 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     for line in notes:
         log(line)
     left = budget * (1 - sizes.eval_share) - (time.monotonic() - t0)
-    steps = plan(job, measured, left - sum(m["startup_s"] for m in measured.values()))
+    done = {u.name: checkpoints.last_complete_step(out / "runs" / u.name) or 0 for u in job}  # earlier slots
+    steps = plan(job, measured, left - sum(m["startup_s"] for m in measured.values()), done)
     table = recipe_report.plan_table(job, measured, steps)
     head = f"# Plan ({jax.devices()[0].device_kind}, budget {budget_minutes} min)"
     images.atomic_write_bytes(out / "plan.md", "\n\n".join([head, *notes, table]).encode() + b"\n")

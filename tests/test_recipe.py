@@ -134,7 +134,10 @@ def test_side_by_side_config_rules(tmp_path):
 def test_plan_gives_every_unit_the_same_fraction_of_its_recipe():
     from types import SimpleNamespace
 
+    import pytest
+
     from fastnst import recipe
+    from fastnst.errors import ConfigError
 
     units = [SimpleNamespace(name="a", recipe_steps=1000), SimpleNamespace(name="b", recipe_steps=4000)]
     measured = {"a": {"step_s": 0.5, "warmup_steps": 5}, "b": {"step_s": 0.1, "warmup_steps": 5}}
@@ -143,6 +146,13 @@ def test_plan_gives_every_unit_the_same_fraction_of_its_recipe():
     assert sum(steps[u.name] * measured[u.name]["step_s"] for u in units) <= 180.0
     assert recipe.plan(units, measured, 1e6) == {"a": 1000, "b": 4000}  # never more than the recipe
     assert recipe.plan(units, measured, 1.0) == {"a": 5, "b": 5}  # at least the warm-up's steps
+    # a later slot: "a" already made 400 steps (40% of its recipe), "b" none. 160 s bring b to 40%,
+    # the last 20 s move both on: 900 f - 200 = 180 s at f = 42.2%
+    assert recipe.plan(units, measured, 180.0, done={"a": 400, "b": 0}) == {"a": 422, "b": 1688}
+    with pytest.raises(ConfigError, match="--units: unknown sr_x3"):
+        recipe.select_units(units, "a,sr_x3")
+    assert [u.name for u in recipe.select_units(units, "b")] == ["b"]
+
 
 
 def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, tmp_path):
