@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from fastnst import losses
 from fastnst.step import (
@@ -114,8 +115,6 @@ def test_train_side_by_side_exports_each_network_and_resumes_bit_identically(tmp
 
 
 def test_side_by_side_config_rules(tmp_path):
-    import pytest
-
     from fastnst import schema
     from fastnst.errors import ConfigError
 
@@ -133,8 +132,6 @@ def test_side_by_side_config_rules(tmp_path):
 
 def test_plan_gives_every_unit_the_same_fraction_of_its_recipe():
     from types import SimpleNamespace
-
-    import pytest
 
     from fastnst import recipe
     from fastnst.errors import ConfigError
@@ -155,6 +152,7 @@ def test_plan_gives_every_unit_the_same_fraction_of_its_recipe():
 
 
 
+@pytest.mark.slow  # a subprocess running the whole job: about 1.5 minutes
 def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, tmp_path):
     """bin/recipe at toy sizes, as a user runs it: the plan first, every model exported with its
     card, Fig. 5 per style, Table 2 (with and without histogram matching) per SR model, gallery
