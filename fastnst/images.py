@@ -16,7 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fastnst.errors import ImageError, OutputError
 
-# 64 megapixels: far above anything the networks are run on, small enough to refuse bombs.
+# 64 megapixels: far above most photos, small enough to refuse bombs; FASTNST_MAX_PIXELS raises it
+# (e.g. 110000000 for a 100 MP panorama, which tiling runs within the memory budget).
 DEFAULT_MAX_PIXELS = int(os.environ.get("FASTNST_MAX_PIXELS", 64_000_000))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
@@ -38,6 +39,11 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty")
+    # Our `max_pixels` is the bomb limit, checked on the header before anything is decoded; Pillow's
+    # own (about 89 MP) would refuse a photo the caller allowed, so it is lifted to ours. (Raised
+    # only, never lowered: other threads may be opening files.)
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make every bomb fatal.
@@ -45,7 +51,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise ImageError(f"{path}: {w}x{h} exceeds the limit of {max_pixels} pixels")
+                    raise ImageError(f"{path}: {w}x{h} exceeds the limit of {max_pixels} pixels "
+                                     "(FASTNST_MAX_PIXELS=N allows more)")
                 im.load()
                 return _to_rgb_array(ImageOps.exif_transpose(im))
     except ImageError:

@@ -83,11 +83,20 @@ def test_bad_files_raise_image_error(tmp_path, kind):
         images.load_image(p, max_pixels=100 if kind == "too_big" else images.DEFAULT_MAX_PIXELS)
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+def test_the_pixel_limit_is_ours_not_pillows(tmp_path, monkeypatch):
+    """An image above Pillow's own bomb limit but within ours loads (a 100 MP photo with
+    FASTNST_MAX_PIXELS raised); one above ours is refused from its header, before decoding."""
     Image.fromarray(_rgb()).save(tmp_path / "b.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 384 px is now a "bomb" to Pillow
-    with pytest.raises(ImageError, match="bomb"):
-        images.load_image(tmp_path / "b.png")
+    n = _rgb().shape[0] * _rgb().shape[1]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", n // 4)  # the file is a "bomb" to Pillow now
+    assert images.load_image(tmp_path / "b.png", max_pixels=n).shape == _rgb().shape
+    decoded = []
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1))  # (PNG's decoder)
+    with pytest.raises(ImageError, match="exceeds the limit.*FASTNST_MAX_PIXELS"):
+        images.load_image(tmp_path / "b.png", max_pixels=n - 1)
+    assert not decoded
 
 
 def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
