@@ -104,9 +104,15 @@ def jit_step(mesh: Mesh | None = None):
     all-reduce and batch norm sees the global batch. The state is donated. Call it with all seven
     arguments, positionally: `step(state, batch, vgg_params, style_grams, spec, rng, compute_dtype)`
     (`spec` and `compute_dtype` static; `rng` may be None without a stochastic term)."""
+    return _sharded_jit(train_step, mesh)
+
+
+def _sharded_jit(step, mesh: Mesh | None):
+    """`step` (train_step's signature) jitted on `mesh`: batch along `data`, the rest replicated,
+    the state donated, `spec` and `compute_dtype` static."""
     mesh = mesh or parallel.make_mesh()
     rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(train_step, static_argnums=(4, 6), donate_argnums=0,
+    return jax.jit(step, static_argnums=(4, 6), donate_argnums=0,
                    in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))
 
 
@@ -148,7 +154,4 @@ def side_by_side_step(states: TrainState, batch: Mapping[str, jax.Array], vgg_pa
 def jit_side_by_side_step(mesh: Mesh | None = None):
     """`side_by_side_step` jitted like `jit_step` (same seven positional arguments, the batch split
     over the mesh's `data` axis, the stacked state donated)."""
-    mesh = mesh or parallel.make_mesh()
-    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    return jax.jit(side_by_side_step, static_argnums=(4, 6), donate_argnums=0,
-                   in_shardings=(rep, data, rep, rep, rep), out_shardings=(rep, rep))
+    return _sharded_jit(side_by_side_step, mesh)
