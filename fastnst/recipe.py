@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,19 +258,18 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     images.atomic_write_bytes(out / "plan.md", "\n\n".join([head, *notes, table]).encode() + b"\n")
     log(table)
     reached, cards = {}, {}
+    end = t0 + budget * (1 - sizes.eval_share)  # the training part of the budget, whatever came before
     for u in job:
         c = u.config.copy_and_resolve_references()
         m = measured[u.name]
         mine = m["startup_s"] + (steps[u.name] - m["warmup_steps"]) * m["step_s"]
-        end = t0 + budget * (1 - sizes.eval_share)  # the training part of the budget, whatever came before
         c.train.update(steps=steps[u.name], time_limit_s=max(1.0, min(1.2 * mine, end - time.monotonic())))
         t = time.monotonic()
         result = train.train_and_evaluate(c, out / "runs" / u.name, progress=False)
         reached[u.name] = result.step
         if u.is_multistyle:  # the multi-style file itself ships too
-            (out / "models").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(out / "runs" / u.name / f"model{modelfile.SUFFIX}",
-                            out / "models" / f"multistyle{modelfile.SUFFIX}")
+            _copy(out / "runs" / u.name / f"model{modelfile.SUFFIX}",
+                  out / "models" / f"multistyle{modelfile.SUFFIX}")
         for name, path in u.model_files(out / "runs" / u.name).items():
             cards[name] = _card(u, name, path, out / "models", result.step, steps[u.name],
                                 time.monotonic() - t, measured[u.name])
@@ -282,12 +280,15 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
                                budget, notes)
 
 
+def _copy(src: Path, dst: Path) -> Path:
+    """Copies a model file atomically: a job stopped mid-copy leaves the old file or none."""
+    return images.atomic_write_bytes(dst, src.read_bytes())
+
+
 def _card(unit: Unit, name: str, src: Path, folder: Path, step: int, planned: int, wall: float,
           measured: dict) -> dict:
     """Copies the model into `folder` and writes its card (<name>.md); returns the card's facts."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dst = folder / f"{name}{modelfile.SUFFIX}"
-    shutil.copyfile(src, dst)
+    dst = _copy(src, folder / f"{name}{modelfile.SUFFIX}")
     m = modelfile.load_model(dst)
     facts = {"name": name, "file": str(dst), "unit": unit.name, "steps": step, "planned_steps": planned,
              "recipe_steps": unit.recipe_steps, "cut_off": step < planned, "wall_s": round(wall, 1),
