@@ -24,7 +24,20 @@ def plan_table(units_: list, measured: dict, steps: dict, reached: dict | None =
 
 
 def evaluate_models(job: list, out: Path, sizes, cards: dict, sr_root: str, log) -> dict:
-    """Fig. 5 per style model (on the held-out training photos), Table 2 per SR model."""
+    """Fig. 5 per style model (on the held-out training photos), Table 2 per SR model (bicubic and
+    every model of one scale scored in one `sr_benchmark` call, so the sets, VGG, LPIPS and the
+    bicubic baseline are loaded and scored once per scale and histogram-matching setting)."""
+    sr_files = {}  # scale -> the SR model files
+    for c in cards.values():
+        if c["model"]["task"] == "sr":
+            sr_files.setdefault(c["model"]["scale"], []).append(c["file"])
+    scores = {}  # (scale, "" or "_histmatch") -> {method: {set: scores}}, bicubic's included
+    for scale, files in sr_files.items():
+        for suffix, hm in (("", False), ("_histmatch", True)):
+            scores[scale, suffix] = evaluate.sr_benchmark(
+                ["bicubic", *files], scale=scale, sets=sizes.sr_sets, root=sr_root, histogram_match=hm,
+                lpips=sizes.lpips)
+        log(f"scored the x{scale} SR models and bicubic")
     evals = {}
     for name, card in cards.items():
         unit = next(u for u in job if u.name == card["unit"])
@@ -41,9 +54,8 @@ def evaluate_models(job: list, out: Path, sizes, cards: dict, sr_root: str, log)
                            f"lbfgs_{first}": float(np.mean([r["lbfgs"][first] for r in rows]))}
         else:
             scale, evals[name] = card["model"]["scale"], {}
-            for suffix, hm in (("", False), ("_histmatch", True)):
-                res = evaluate.sr_benchmark(["bicubic", card["file"]], scale=scale, sets=sizes.sr_sets,
-                                            root=sr_root, histogram_match=hm, lpips=sizes.lpips)
+            for suffix in ("", "_histmatch"):
+                res = {k: scores[scale, suffix][k] for k in ("bicubic", card["file"])}
                 md = evaluate.write_sr_results(res, out / "eval" / f"{name}{suffix}")
                 evals[name][f"table{suffix}"] = md
                 evals[name][f"results{suffix}"] = {"bicubic": res["bicubic"], "model": res[card["file"]]}
