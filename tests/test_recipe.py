@@ -203,6 +203,9 @@ def test_recipe_refuses_bad_input_in_one_line(tmp_path):
     line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--styles=no_such_style",
                                   f"--out={tmp_path}"))
     assert "no_such_style" in line
+    line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--units=styles,sr_x3",
+                                  f"--out={tmp_path}"))
+    assert "--units: unknown sr_x3" in line and not list(tmp_path.iterdir())  # refused before anything ran
 
 
 def test_bench_recipe_tables(tmp_path):
