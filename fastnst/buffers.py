@@ -25,20 +25,33 @@ def open_buffer_files() -> list[str]:
 _ALIGN = 64  # XLA:CPU uses host memory aligned like this in place instead of copying it
 
 
-def _empty(shape) -> np.ndarray:
-    """An uninitialised float32 array whose data is `_ALIGN`-byte aligned."""
-    n = math.prod(shape) * 4
+def _empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised array whose data is `_ALIGN`-byte aligned."""
+    n = math.prod(shape) * np.dtype(dtype).itemsize
     raw = np.empty(n + _ALIGN, np.uint8)
     off = -raw.ctypes.data % _ALIGN
-    return raw[off: off + n].view(np.float32).reshape(shape)
+    return raw[off: off + n].view(dtype).reshape(shape)
 
 
-def to_device(a: np.ndarray) -> jax.Array:
+def _aligned(a: np.ndarray) -> bool:
+    return a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0
+
+
+def _into(out: np.ndarray | None, shape) -> np.ndarray:
+    """`out` when it is an aligned float32 array of `shape`, else new aligned memory."""
+    return out if out is not None and out.shape == tuple(shape) and _aligned(out) else _empty(shape)
+
+
+def to_device(a: np.ndarray, scratch: dict | None = None, key: str = "") -> jax.Array:
     """A window for the device. On the CPU an aligned, contiguous float32 window is used in place
     (copying and page-faulting hundreds of MB per window took a third of the run); anything else is
-    first copied into aligned memory. The caller keeps `a` unchanged until the result is read."""
-    if not (a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0):
-        b = _empty(a.shape)
+    first copied into aligned memory, `scratch[key]` when given (kept there and reused by the next
+    window of that shape, so its pages are faulted in once). The caller keeps the memory unchanged
+    until the result is read."""
+    if not _aligned(a):
+        b = _into(None if scratch is None else scratch.get(key), a.shape)
+        if scratch is not None:
+            scratch[key] = b
         b[...] = a
         a = b
     return jax.device_put(a, may_alias=True)
@@ -47,12 +60,15 @@ def to_device(a: np.ndarray) -> jax.Array:
 class Buffer:
     """One layer's whole-image float32 activation (rows, cols, channels): an array in RAM, or an
     unlinked temporary file read and written with pread/pwrite (not mmap: mapped pages would count
-    towards the process's resident memory; the page cache does not)."""
+    towards the process's resident memory; the page cache does not). A RAM buffer may hold another
+    `dtype` (the output as uint8, as it will be saved)."""
 
-    def __init__(self, shape: tuple[int, int, int], in_ram: bool):
+    def __init__(self, shape: tuple[int, int, int], in_ram: bool, dtype=np.float32):
+        if not in_ram and dtype != np.float32:
+            raise ValueError("buffers in files hold float32")
         self.shape = shape
-        self.row_bytes = shape[1] * shape[2] * 4
-        self.array = _empty(shape) if in_ram else None
+        self.row_bytes = shape[1] * shape[2] * np.dtype(dtype).itemsize
+        self.array = _empty(shape, dtype) if in_ram else None
         self.file = None
         if not in_ram:  # unlinked at once (named first, so that /proc/PID/fd shows what it is)
             fd, path = tempfile.mkstemp(prefix=BUFFER_PREFIX)
@@ -76,10 +92,13 @@ class Buffer:
             _pwrite(self.file.fileno(), memoryview(row).cast("B"),
                     (r0 + i) * self.row_bytes + c0 * self.shape[2] * 4)
 
-    def read(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    def read(self, r0: int, r1: int, c0: int, c1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows r0:r1, columns c0:c1: a view of a RAM buffer, or read from the file into `out`
+        (reused from window to window: reading into new memory cost 6x as much, page faults
+        included) when it has the shape, else into new memory."""
         if self.array is not None:
             return self.array[r0:r1, c0:c1]
-        out = _empty((r1 - r0, c1 - c0, self.shape[2]))
+        out = _into(out, (r1 - r0, c1 - c0, self.shape[2]))
         if c0 == 0 and c1 == self.shape[1]:
             _pread(self.file.fileno(), memoryview(out).cast("B"), r0 * self.row_bytes)
         else:

@@ -24,11 +24,14 @@ _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 SAVE_SUFFIXES = tuple(_SAVE_FORMATS)
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               keep_8bit: bool = False) -> np.ndarray:
     """Loads an image file as float32 HxWx3 RGB in [0, 255].
 
     Applies the EXIF orientation; converts grayscale, palette, CMYK and 16-bit images; composites
-    transparency on white.
+    transparency on white. `keep_8bit`: an 8-bit source comes back as uint8 instead, the same values
+    in a quarter of the memory (1.2 GB less for a 100 MP photo); 16-bit and float sources stay
+    float32.
 
     Raises:
       ImageError: the file is missing, empty, truncated, not an image, or has more than
@@ -54,7 +57,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
                     raise ImageError(f"{path}: {w}x{h} exceeds the limit of {max_pixels} pixels "
                                      "(FASTNST_MAX_PIXELS=N allows more)")
                 im.load()
-                return _to_rgb_array(ImageOps.exif_transpose(im))
+                return _to_rgb_array(ImageOps.exif_transpose(im), keep_8bit)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -65,7 +68,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         raise ImageError(f"{path}: cannot decode image ({e})") from None
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
+def _to_rgb_array(im: Image.Image, keep_8bit: bool = False) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im, dtype=np.float32)
         # Mode "I" holds 16-bit PNG data as int32; scale the 16-bit range onto [0, 255].
@@ -78,11 +81,14 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    return np.asarray(im.convert("RGB"), dtype=np.float32)
+    rgb = np.asarray(im.convert("RGB"))
+    return rgb if keep_8bit else rgb.astype(np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Rounds a [0, 255] float image to uint8, clipping out-of-range values."""
+    """Rounds a [0, 255] float image to uint8, clipping out-of-range values (a uint8 image as is)."""
+    if np.asarray(image).dtype == np.uint8:
+        return np.asarray(image)
     return np.clip(np.rint(np.asarray(image, dtype=np.float32)), 0, 255).astype(np.uint8)
 
 

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import nets
+from fastnst import images, nets
 from fastnst.buffers import Buffer, to_device
 from fastnst.errors import ConfigError
 from fastnst.stages import OUTPUT, Layer, _mult, _run_stage, activation_bytes, border, halo, layers, reads
@@ -231,10 +231,13 @@ def _combine(acc, n, mean, m2):
 # (Long: the buffers' lifetimes -- opened, read by later stages, freed after their last reader,
 # closed on every way out -- are visible in one function; the plan and the windows are above.)
 def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget: int | None = None,
-                tile: int | None = None, ram: int | None = None, info: dict | None = None) -> np.ndarray:
-    """Runs `net` on one HxWx3 image stage by stage within `budget` bytes (default
-    `default_budget()`); returns the (scale*H)x(scale*W)x3 float32 output, equal to the whole-image
-    output up to float32 rounding.
+                tile: int | None = None, ram: int | None = None, info: dict | None = None,
+                out_dtype=np.float32) -> np.ndarray:
+    """Runs `net` on one HxWx3 image (float32, or uint8 as decoded) stage by stage within `budget`
+    bytes (default `default_budget()`); returns the (scale*H)x(scale*W)x3 float32 output, equal to
+    the whole-image output up to float32 rounding. `out_dtype=np.uint8`: the output rounded as
+    `images.to_uint8` rounds it, window by window (a quarter of the memory; the same bytes as
+    rounding the float32 output afterwards).
 
     `tile` caps every stage's window core (px); `ram` caps the bytes of buffers kept in RAM (default
     half the budget less the output's size; the rest go to temporary files). `info`, when given,
@@ -251,8 +254,11 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
     by_name = {st.layer.name: st.layer for st in stages}
     last_read = {name: k for k, st in enumerate(stages) for name in st.reads}
     f = 2 ** len(net.up) // mult
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.float32, np.uint8):
+        raise ValueError(f"out_dtype must be float32 or uint8, got {out_dtype}")
     # The output (returned, so in RAM) counts against the buffers' share of the budget.
-    ram_left = budget // 2 - hp * f * wp * f * 12 if ram is None else ram
+    ram_left = budget // 2 - hp * f * wp * f * 3 * out_dtype.itemsize if ram is None else ram
     buffers: dict[str, Buffer] = {}
     stats: dict[str, tuple] = {}
     peak = {"ram": 0, "disk": 0}
@@ -261,7 +267,7 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
             lay = st.layer
             shape = (lay.size(hp), lay.size(wp), lay.channels)
             if lay.name == OUTPUT:
-                dest = Buffer(shape, in_ram=True)
+                dest = Buffer(shape, in_ram=True, dtype=out_dtype)
             else:
                 dest = Buffer(shape, in_ram=4 * math.prod(shape) <= ram_left)
                 ram_left -= dest.nbytes if dest.array is not None else 0
@@ -271,19 +277,26 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
                                                    and (b.array is not None) == (where == "ram")))
             st_stats = {n: tuple(jnp.asarray(a) for a in stats[n]) for n in st.reads if n in stats}
             acc = None
+            scratch: dict[str, np.ndarray] = {}  # one host array per input, reused by every window
             for core, win in st.tiles:
                 wy0, wy1, wx0, wx1 = win
                 ins = {}
                 for n in st.reads:
                     src = by_name[n]
                     r0, c0 = src.origin(wy0), src.origin(wx0)
-                    ins[n] = to_device(buffers[n].read(r0, r0 + src.size(wy1 - wy0),
-                                                        c0, c0 + src.size(wx1 - wx0))[None])
-                img = to_device(image[None, wy0:wy1, wx0:wx1]) if st.reads_image else None
+                    a = buffers[n].read(r0, r0 + src.size(wy1 - wy0), c0, c0 + src.size(wx1 - wx0),
+                                        out=scratch.get(n))
+                    if buffers[n].array is None:  # read from the file into memory the next window reuses
+                        scratch[n] = a
+                    ins[n] = to_device(a[None], scratch, n + "/aligned")
+                img = to_device(image[None, wy0:wy1, wx0:wx1], scratch, "image") if st.reads_image else None
                 owned = _owned(lay, core, win, hp, wp)
                 y, s = _run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned))
                 r0, r1, c0, c1 = owned
-                dest.write(lay.origin(wy0) + r0, lay.origin(wx0) + c0, np.asarray(y)[0, r0:r1, c0:c1])
+                block = np.asarray(y)[0, r0:r1, c0:c1]
+                if lay.name == OUTPUT and out_dtype == np.uint8:
+                    block = images.to_uint8(block)
+                dest.write(lay.origin(wy0) + r0, lay.origin(wx0) + c0, block)
                 if s is not None:
                     acc = _combine(acc, *jax.device_get(s))
             if acc is not None:

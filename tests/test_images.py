@@ -65,6 +65,18 @@ def test_16_bit_grayscale_is_scaled(tmp_path):
     Image.fromarray(a).save(tmp_path / "d.png")
     out = images.load_image(tmp_path / "d.png")
     np.testing.assert_allclose(out[..., 0], a / 257.0, atol=1e-3)
+    kept = images.load_image(tmp_path / "d.png", keep_8bit=True)  # not 8-bit: stays float32
+    assert kept.dtype == np.float32
+    np.testing.assert_array_equal(kept, out)
+
+
+def test_keep_8bit_gives_the_same_values_as_uint8(tmp_path):
+    a = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
+    Image.fromarray(a).save(tmp_path / "c.png")
+    kept = images.load_image(tmp_path / "c.png", keep_8bit=True)
+    assert kept.dtype == np.uint8
+    np.testing.assert_array_equal(kept, images.load_image(tmp_path / "c.png"))
+    np.testing.assert_array_equal(images.to_uint8(kept), a)  # uint8 passes through as is
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "text", "too_big"])

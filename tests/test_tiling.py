@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fastnst import buffers, modelfile, nets, stylize, tiling
+from fastnst import buffers, images, modelfile, nets, stylize, tiling
 from fastnst.errors import ConfigError
 
 
@@ -26,8 +26,6 @@ def net_scale(cfg):
 
 def _photo(h, w, seed=0):
     small = np.random.default_rng(seed).uniform(0, 255, (h // 6 + 2, w // 6 + 2, 3)).astype(np.float32)
-    from fastnst import images
-
     return np.clip(images.resize(small, (h, w), method="bicubic"), 0, 255)
 
 
@@ -85,6 +83,23 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
     with pytest.raises(KeyboardInterrupt):
         tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0)
     assert buffers.open_buffer_files() == []  # unlinked at creation, closed on the way out
+
+
+def test_uint8_photo_in_and_uint8_output_are_the_float_run_rounded():
+    """What `run_files` gives a 100 MP photo (a quarter of the memory each way) is bit for bit the
+    float path's result rounded as it is saved: the same windows and programs, and decoded pixels
+    are integers, so uint8 -> float32 is exact."""
+    m = _model("style", "instance")
+    x = np.rint(_photo(71, 83))
+    ref = tiling.apply_tiled(m.net, m.variables, x.astype(np.float32), tile=24)
+    out = tiling.apply_tiled(m.net, m.variables, x.astype(np.uint8), tile=24, out_dtype=np.uint8)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, images.to_uint8(ref))
+    whole = stylize.apply(m, x.astype(np.uint8), uint8=True)  # fits: the whole-image path
+    assert whole.dtype == np.uint8 and whole.shape == out.shape
+    np.testing.assert_array_equal(whole, images.to_uint8(np.asarray(stylize.apply(m, x))))
+    with pytest.raises(ValueError, match="out_dtype"):
+        tiling.apply_tiled(m.net, m.variables, x, tile=24, out_dtype=np.float16)
 
 
 def test_halos_are_measured_from_the_network_and_needed(monkeypatch):
