@@ -225,6 +225,61 @@ def _combine(acc, n, mean, m2):
     return total, ma + d * (n / total), m2a + m2 + d * d * (na * n / total)
 
 
+def _window_inputs(st: Stage, win, image, buffers: dict, by_name: dict, scratch: dict):
+    """Window `win`'s inputs on the device: the buffered layers it reads (file buffers read into
+    `scratch`, reused by later windows) and, for the first stage, the photo."""
+    wy0, wy1, wx0, wx1 = win
+    ins = {}
+    for n in st.reads:
+        src = by_name[n]
+        r0, c0 = src.origin(wy0), src.origin(wx0)
+        a = buffers[n].read(r0, r0 + src.size(wy1 - wy0), c0, c0 + src.size(wx1 - wx0), out=scratch.get(n))
+        if buffers[n].array is None:  # read from the file into memory the next window reuses
+            scratch[n] = a
+        ins[n] = to_device(a[None], scratch, n + "/aligned")
+    img = to_device(image[None, wy0:wy1, wx0:wx1], scratch, "image") if st.reads_image else None
+    return ins, img
+
+
+def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_name: dict, stats: dict,
+                   padded: tuple[int, int], out_dtype) -> tuple | None:
+    """Runs stage k's windows into its buffer; returns the combined statistics (None without).
+
+    Pipelined, since XLA runs a dispatched program on its own threads: window i's inputs are read
+    while window i-1 computes, and window i-1's output is written while window i computes, so
+    waiting on the disk (reads, and writes throttled by the kernel's write-back) overlaps the
+    compute instead of adding to it. One program runs at a time (window i is dispatched after
+    window i-1's result is back), and two sets of input memory alternate, because a window's
+    inputs are used in place until its result is read.
+    """
+    lay, dest = st.layer, buffers[st.layer.name]
+    st_stats = {n: tuple(jnp.asarray(a) for a in stats[n]) for n in st.reads if n in stats}
+    scratch: tuple[dict, dict] = ({}, {})
+    acc, pending = None, None
+
+    def write(acc, y, s, win, owned):  # window `win`'s core into the buffer; its statistics into acc
+        r0, r1, c0, c1 = owned
+        block = y[0, r0:r1, c0:c1]
+        if lay.name == OUTPUT and out_dtype == np.uint8:
+            block = images.to_uint8(block)
+        dest.write(lay.origin(win[0]) + r0, lay.origin(win[2]) + c0, block)
+        return acc if s is None else _combine(acc, *s)
+
+    for i, (core, win) in enumerate(st.tiles):
+        ins, img = _window_inputs(st, win, image, buffers, by_name, scratch[i % 2])
+        done = None
+        if pending is not None:  # window i-1's result, back on the host
+            y, s, pwin, powned = pending
+            done = (np.asarray(y), None if s is None else jax.device_get(s), pwin, powned)
+        owned = _owned(lay, core, win, *padded)
+        pending = (*_run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned)),
+                   win, owned)
+        if done is not None:
+            acc = write(acc, *done)
+    y, s, win, owned = pending
+    return write(acc, np.asarray(y), None if s is None else jax.device_get(s), win, owned)
+
+
 # --------------------------------------------------------------------------- inference
 
 
@@ -275,30 +330,7 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
             for where in ("ram", "disk"):
                 peak[where] = max(peak[where], sum(b.nbytes for n, b in buffers.items() if n != OUTPUT
                                                    and (b.array is not None) == (where == "ram")))
-            st_stats = {n: tuple(jnp.asarray(a) for a in stats[n]) for n in st.reads if n in stats}
-            acc = None
-            scratch: dict[str, np.ndarray] = {}  # one host array per input, reused by every window
-            for core, win in st.tiles:
-                wy0, wy1, wx0, wx1 = win
-                ins = {}
-                for n in st.reads:
-                    src = by_name[n]
-                    r0, c0 = src.origin(wy0), src.origin(wx0)
-                    a = buffers[n].read(r0, r0 + src.size(wy1 - wy0), c0, c0 + src.size(wx1 - wx0),
-                                        out=scratch.get(n))
-                    if buffers[n].array is None:  # read from the file into memory the next window reuses
-                        scratch[n] = a
-                    ins[n] = to_device(a[None], scratch, n + "/aligned")
-                img = to_device(image[None, wy0:wy1, wx0:wx1], scratch, "image") if st.reads_image else None
-                owned = _owned(lay, core, win, hp, wp)
-                y, s = _run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned))
-                r0, r1, c0, c1 = owned
-                block = np.asarray(y)[0, r0:r1, c0:c1]
-                if lay.name == OUTPUT and out_dtype == np.uint8:
-                    block = images.to_uint8(block)
-                dest.write(lay.origin(wy0) + r0, lay.origin(wx0) + c0, block)
-                if s is not None:
-                    acc = _combine(acc, *jax.device_get(s))
+            acc = _stage_windows(net, variables, k, st, image, buffers, by_name, stats, (hp, wp), out_dtype)
             if acc is not None:
                 n, mean, m2 = acc
                 stats[lay.name] = (mean.astype(np.float32), (m2 / n).astype(np.float32))
