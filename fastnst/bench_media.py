@@ -4,6 +4,7 @@ its peak RSS is its own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ def tiling_table(cases, out: str | Path | None = None) -> list[dict]:
     """Runs each (kind, h, w, budget_mb, repeats) case in a fresh process; returns the rows."""
     rows = []
     for kind, h, w, budget_mb, repeats in cases:
+        os.sync()  # the last case's buffer files written back first, not in this case's time
         row = _in_fresh_process(f"tiling_case({kind!r}, {h}, {w}, budget_mb={budget_mb!r}, "
                                 f"repeats={repeats})")
         rows.append({"kind": kind, "h": h, "w": w, **row} if "error" in row else row)
