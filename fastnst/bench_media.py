@@ -57,7 +57,7 @@ def _in_fresh_process(call: str) -> dict:
     """`bench_media.<call>` run in a fresh Python process (so its peak RSS is its own): the JSON row it
     returns, or {"error": [last line of stderr]} when it failed."""
     code = ("import json; from fastnst import cli; cli.keep_freed_memory(); from fastnst import bench_media; "
-            f"print(json.dumps(bench_media.{call}))")  # the malloc settings every bin/ script runs with
+            f"print(json.dumps(bench_media.{call}))")  # inference cases: the malloc settings of bin/stylize
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=7200)
     if r.returncode:
         return {"error": r.stderr.strip().splitlines()[-1:]}
