@@ -75,7 +75,7 @@ def _raise_interrupt(signum, frame):
 def keep_freed_memory() -> bool:
     """Makes glibc's malloc keep freed memory for reuse (one arena, no mmap'd chunks, no trimming
     below 2 GiB); returns whether it could (glibc only). For inference processes (`bin/stylize`,
-    `bin/upscale` and their benchmarks), called before JAX starts its threads.
+    `bin/upscale`, `bin/app` and the benchmarks of the first two), called before JAX starts its threads.
 
     By default every large XLA:CPU buffer is a fresh mmap, so each program run page-faults and
     zeroes all its memory again: tiled inference runs hundreds of programs, and at 1536x1024 the
