@@ -179,7 +179,14 @@ def agree(*flags: bool) -> tuple[bool, ...]:
         return tuple(bool(f) for f in flags)
     from jax.experimental import multihost_utils
 
-    gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    try:
+        gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+    except ValueError as e:
+        # A peer killed during this all-gather surfaces as ValueError ("UNKNOWN: Gloo AllGather
+        # failed: ... Connection reset by peer"; seen under load), not as the JaxRuntimeError a
+        # failed step raises; re-raised as one, so the train loop reports the lost process in one
+        # line instead of a traceback and a native abort 40 s later.
+        raise jax.errors.JaxRuntimeError(str(e)) from e
     return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
 
 

@@ -254,3 +254,21 @@ def test_coco_through_tfds_on_a_tiny_dataset_in_tfds_format(tmp_path):
     b = data.Batches(src, batch_size=2, image_size=32, seed=0, workers=1)
     assert b.batch(0)["input"].shape == (2, 32, 32, 3)
     b.close()
+
+
+def test_an_all_gather_that_loses_its_peer_is_a_lost_process_not_a_traceback(monkeypatch):
+    """A process killed while the others are in `parallel.agree` made the all-gather raise
+    ValueError (seen once under load in the two-process test above: a traceback, then a native
+    abort 43 s later). `agree` raises it as the JaxRuntimeError that the train loop turns into its
+    one line naming the last complete checkpoint."""
+    from jax.experimental import multihost_utils
+
+    from fastnst import parallel
+
+    def reset(_):
+        raise ValueError("UNKNOWN: Gloo AllGather failed: [pair.cc:538] Read error: Connection reset by peer")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", reset)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="Connection reset by peer"):
+        parallel.agree(False, True)
