@@ -89,10 +89,9 @@ def keep_freed_memory() -> bool:
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(name).mallopt if name else None
     except (OSError, AttributeError):  # not glibc (musl, macOS): keep the system's malloc as it is
-        return False
+        mallopt = None
     if mallopt is None:
         return False
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # glibc's <malloc.h>

@@ -255,7 +255,10 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
     lay, dest = st.layer, buffers[st.layer.name]
     st_stats = {n: tuple(jnp.asarray(a) for a in stats[n]) for n in st.reads if n in stats}
     scratch: tuple[dict, dict] = ({}, {})
-    acc, pending = None, None
+    acc, pending = None, None  # pending: window i-1's (result on the device, statistics, window, owned)
+
+    def fetch(y, s, win, owned):  # a window's result back on the host (waits for it)
+        return np.asarray(y), None if s is None else jax.device_get(s), win, owned
 
     def write(acc, y, s, win, owned):  # window `win`'s core into the buffer; its statistics into acc
         r0, r1, c0, c1 = owned
@@ -267,17 +270,13 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
 
     for i, (core, win) in enumerate(st.tiles):
         ins, img = _window_inputs(st, win, image, buffers, by_name, scratch[i % 2])
-        done = None
-        if pending is not None:  # window i-1's result, back on the host
-            y, s, pwin, powned = pending
-            done = (np.asarray(y), None if s is None else jax.device_get(s), pwin, powned)
+        done = fetch(*pending) if pending is not None else None  # window i-1's result
         owned = _owned(lay, core, win, *padded)
         pending = (*_run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned)),
                    win, owned)
         if done is not None:
             acc = write(acc, *done)
-    y, s, win, owned = pending
-    return write(acc, np.asarray(y), None if s is None else jax.device_get(s), win, owned)
+    return write(acc, *fetch(*pending))
 
 
 # --------------------------------------------------------------------------- inference
