@@ -244,8 +244,8 @@ print(kept, faults_of_filling(256 * 2**20))
 
 def test_keep_freed_memory_makes_a_freed_buffer_reusable_without_page_faults():
     """What `cli.keep_freed_memory` is for (every tiled window allocates its XLA buffers anew): a
-    256 MB block freed and malloc'd again takes no new page faults, where glibc's default (a
-    fresh mmap) faults in every one of its 65536 pages again. (NumPy's own large arrays ask for
+    256 MB block freed and malloc'd again takes (almost) no new page faults, where glibc's default
+    (a fresh mmap) faults in every one of its pages again. (NumPy's own large arrays ask for
     huge pages, XLA's buffers do not: malloc is called directly here.)"""
     import subprocess
     import sys
@@ -259,5 +259,7 @@ def test_keep_freed_memory_makes_a_freed_buffer_reusable_without_page_faults():
     if kept != "True":
         pytest.skip("not glibc: malloc's settings are left as they are")
     _, default_faults = run("0")
-    assert default_faults > 30_000  # the default: mmap'd anew, every 4 KiB page faulted
-    assert faults < 1_000
+    # The default maps the block anew: 65536 faults of 4 KiB here, at least 128 where transparent
+    # huge pages are `always` (2 MiB each); kept memory takes none (0 here).
+    assert default_faults >= 128
+    assert faults * 100 < default_faults
