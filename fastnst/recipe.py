@@ -1,15 +1,21 @@
 """The shipped model set as one budgeted job (`bin/recipe`), made for a briefly lent accelerator.
 
 The set, as units trained one after the other (each one `train.train_and_evaluate` run):
-  * `styles`: one network per style image (the_scream, starry_night, candy, mosaic by default),
-    side by side in one jitted step (`step.side_by_side_step`: one data batch and one VGG pass of
-    the content target for all), instance norm and resize-convolution like the shipped models;
+  * one network per style image (the_scream, starry_night, candy, mosaic by default; `--units=styles`
+    names them all), instance norm and resize-convolution like the shipped models, each its own
+    unit. With `side_by_side` they are one unit `styles` trained in one jitted step
+    (`step.side_by_side_step`: one data batch and one VGG pass of the content target for all); not
+    the default, because vmapping the step over the networks' weights makes grouped convolutions,
+    measured slower per network on both devices tried: 0.73-0.79x on this project's 2-core CPU, and
+    on an H200 in bf16 0.244 s per step for 4 against 0.0156 s for one, after 367 s of start-up
+    against 72 s (results/recipe_h200/);
   * `sr_x4_feature`, `sr_x4_pixel`, `sr_x8_feature`, `sr_x8_pixel`: the paper's SR networks with
     resize-convolution upsampling (transposed convolutions leave a cross-hatch);
   * `sr_x4_bicubic`: x4 with the pixel loss on the bicubic-only degradation the SR evaluation uses.
 
 Planning: every unit first runs `warmup` steps in its own workdir (compiling once; those steps count),
-which measures its start-up and step time. The rest of the budget, less the evaluation's share, is
+which measures its start-up and step time; the style networks after the first share its measurement
+(the same program: only the style Grams differ). The rest of the budget, less the evaluation's share, is
 split so that every unit reaches the same fraction of its recipe (the paper's 40k steps for style,
 200k for SR), at most all of it; the plan is printed and written (plan.md) before training goes on.
 Each unit then resumes its workdir towards its planned steps with a time limit, so a slow unit is
@@ -105,9 +111,10 @@ class Unit:
 
 
 def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
-          multistyle: bool = False) -> list[Unit]:
-    """The shipped set at `sizes`: the style networks side by side (or, `multistyle`, one network
-    holding every style: conditional instance norm), then the SR models."""
+          multistyle: bool = False, side_by_side: bool = False) -> list[Unit]:
+    """The shipped set at `sizes`: one unit per style network (`side_by_side`: all in one unit and
+    one vmapped step; `multistyle`: one network holding every style, conditional instance norm),
+    then the SR models."""
     from configs import sr_x4
     from configs import style as style_config
 
@@ -127,7 +134,8 @@ def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
             c.style_image = ""
         c.style_images = tuple(str(p) for p in styles)
         c.style_size = sizes.style_size
-        out.append(Unit("styles", c, sizes.style_steps))
+        together = Unit("styles", c, sizes.style_steps)
+        out += [together] if multistyle or side_by_side else one_at_a_time(together)
     for name, (scale, loss, sigma) in SR_UNITS.items():
         c = common(sr_x4.get_config(f"loss={loss}", scale=scale), sizes.sr_crop)
         c.model.upsample = "resize_conv"
@@ -141,7 +149,9 @@ def select_units(job: list[Unit], names: str | None) -> list[Unit]:
     if not names:
         return job
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    known = [u.name for u in job]
+    if "styles" in wanted:  # every style network, whichever form they are trained in
+        wanted += [u.name for u in job if u.is_style]
+    known = list(dict.fromkeys([u.name for u in job] + ["styles"]))
     unknown = [n for n in wanted if n not in known]
     if unknown or not wanted:
         raise ConfigError(f"--units: unknown {', '.join(unknown) if unknown else repr(names)}; "
@@ -196,33 +206,9 @@ def one_at_a_time(unit: Unit) -> list[Unit]:
     return out
 
 
-def choose_style_form(job: list[Unit], out: Path, sizes: Sizes,
-                      measured: dict) -> tuple[list[Unit], list[str]]:
-    """The style networks side by side or one at a time, whichever trains them faster on these
-    devices: the first style alone is warmed up too and compared with the side-by-side step (on a
-    2-core CPU side by side is slower: vmapping over the weights makes grouped convolutions, and
-    there is no idle compute to fill). The other single styles reuse the first one's measurement
-    and start from step 0. Returns the job and what was decided, for the plan."""
-    sbs = next((u for u in job if len(u.config.get("style_images", ())) > 1 and not u.is_multistyle), None)
-    if sbs is None:
-        return job, []
-    ones = one_at_a_time(sbs)
-    first = measure(ones[0], out / "runs" / ones[0].name, sizes.warmup)
-    together, n = measured[sbs.name]["step_s"], len(ones)
-    faster = together <= n * first["step_s"]
-    note = (f"Styles: {n} networks side by side take {together:.4f} s/step, one at a time "
-            f"{n} x {first['step_s']:.4f} s: trained {'side by side' if faster else 'one at a time'}.")
-    if faster:
-        return job, [note]
-    del measured[sbs.name]
-    measured.update({ones[0].name: first, **{u.name: {**first, "warmup_steps": 0} for u in ones[1:]}})
-    i = job.index(sbs)
-    return job[:i] + ones + job[i + 1:], [note]
-
-
 def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: list[Path] | None = None,
         photos: str | None = None, sr_root: str | None = None, multistyle: bool = False,
-        only: str | None = None, log: Callable[[str], None] = print) -> Path:
+        side_by_side: bool = False, only: str | None = None, log: Callable[[str], None] = print) -> Path:
     """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`)."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
@@ -235,31 +221,54 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     # persistent cache the compiled program is read back instead of compiled a second time.
     jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle),
-                       only)
+    job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle,
+                             side_by_side=side_by_side), only)
     for u in job:  # every config and data folder checked before anything runs
         schema.validate(u.config)
     data.FolderSource(photos, holdout=sizes.holdout)
     for s in sizes.sr_sets:
         evaluate.find_set(s, Path(sr_root))
     measured = {}
-    for u in job:
+    for i, u in enumerate(job):
+        twin = next((v for v in job[:i] if _single_style(u) and _single_style(v)), None)
+        if twin is not None:  # the same network and step as the style measured first (only the Grams
+            measured[u.name] = {**measured[twin.name], "warmup_steps": 0}  # differ): not warmed up again
+            continue
         measured[u.name] = measure(u, out / "runs" / u.name, sizes.warmup)
         m = measured[u.name]
         log(f"{u.name}: start-up {m['startup_s']:.1f} s, {m['step_s']:.4f} s/step")
-    job, notes = choose_style_form(job, out, sizes, measured)
-    for line in notes:
-        log(line)
     left = budget * (1 - sizes.eval_share) - (time.monotonic() - t0)
     done = {u.name: checkpoints.last_complete_step(out / "runs" / u.name) or 0 for u in job}  # earlier slots
     steps = plan(job, measured, left - sum(m["startup_s"] for m in measured.values()), done)
     table = recipe_report.plan_table(job, measured, steps)
     head = f"# Plan ({jax.devices()[0].device_kind}, budget {budget_minutes} min)"
-    images.atomic_write_bytes(out / "plan.md", "\n\n".join([head, *notes, table]).encode() + b"\n")
+    images.atomic_write_bytes(out / "plan.md", (head + "\n\n" + table).encode() + b"\n")
     log(table)
-    reached, cards = {}, {}
     end = t0 + budget * (1 - sizes.eval_share)  # the training part of the budget, whatever came before
+    reached, cards, notes = train_units(job, out, steps, measured, end, log)
+    evals = recipe_report.evaluate_models(job, out, sizes, cards, sr_root, log)
+    recipe_report.gallery(job, out, cards, sizes, sr_root)
+    return recipe_report.write(out, job, sizes, measured, steps, reached, cards, evals, time.monotonic() - t0,
+                               budget, notes)
+
+
+def _single_style(u: Unit) -> bool:
+    return u.is_style and not u.is_multistyle and not u.config.get("style_images")
+
+
+def train_units(job: list[Unit], out: Path, steps: dict, measured: dict, end: float,
+                log: Callable[[str], None]) -> tuple[dict, dict, list[str]]:
+    """Trains each unit towards its planned steps within the time left before `end` (monotonic)
+    and exports it with its card. A unit planned at 0 steps (nothing left of the budget for it)
+    is not started: it is named in the returned notes, with no model. Returns (steps reached,
+    cards, notes)."""
+    reached, cards, notes = {}, {}, []
     for u in job:
+        if steps[u.name] == 0:
+            reached[u.name] = 0
+            notes.append(f"{u.name}: not trained: no time was left for it in the budget.")
+            log(notes[-1])
+            continue
         c = u.config.copy_and_resolve_references()
         m = measured[u.name]
         mine = m["startup_s"] + (steps[u.name] - m["warmup_steps"]) * m["step_s"]
@@ -274,10 +283,7 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
             cards[name] = _card(u, name, path, out / "models", result.step, steps[u.name],
                                 time.monotonic() - t, measured[u.name])
         log(f"{u.name}: {result.step} of {steps[u.name]} steps in {time.monotonic() - t:.0f} s")
-    evals = recipe_report.evaluate_models(job, out, sizes, cards, sr_root, log)
-    recipe_report.gallery(job, out, cards, sizes, sr_root)
-    return recipe_report.write(out, job, sizes, measured, steps, reached, cards, evals, time.monotonic() - t0,
-                               budget, notes)
+    return reached, cards, notes
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -186,13 +186,43 @@ def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, 
     sigma = json.loads((out / "runs" / "sr_x4_bicubic" / "config.json").read_text())["data"]["sr_sigma"]
     assert sigma == 0.0
     report = (out / "report.md").read_text()
-    # side by side or one at a time, whichever the warm-ups measured faster, said in plan and report
-    choice = "side by side" if "trained side by side." in report else "one at a time"
-    assert f"trained {choice}." in (out / "plan.md").read_text()
-    assert ("side by side with: candy, mosaic" in (out / "models" / "candy.md").read_text()) == \
-        (choice == "side by side")
+    assert "- unit: candy" in (out / "models" / "candy.md").read_text()  # one network per style unit
+    assert "| candy |" in (out / "plan.md").read_text() and "| mosaic |" in (out / "plan.md").read_text()
     assert "## Targets" in report and "sr_x4_bicubic: Set5" in report and "candy: network objective" in report
     assert (out / "gallery.jpg").stat().st_size > 10_000 and (out / "plan.md").is_file()
+
+
+def test_style_networks_are_units_of_their_own_unless_side_by_side(tmp_path):
+    from fastnst import recipe
+
+    paths = [tmp_path / f"{n}.jpg" for n in ("ink", "sun")]
+    alone = recipe.units(recipe.TOY, styles=paths, photos=str(tmp_path), precision="float32")
+    assert [u.name for u in alone][:2] == ["ink", "sun"]
+    assert [u.config.style_image for u in alone[:2]] == [str(p) for p in paths]
+    assert not any(u.config.get("style_images") for u in alone)
+    together = recipe.units(recipe.TOY, styles=paths, photos=str(tmp_path), precision="float32",
+                            side_by_side=True)
+    assert together[0].name == "styles" and together[0].config.style_images == tuple(map(str, paths))
+    assert [u.name for u in recipe.select_units(alone, "styles,sr_x8_pixel")] == ["ink", "sun", "sr_x8_pixel"]
+    assert [u.name for u in recipe.select_units(together, "styles")] == ["styles"]
+
+
+def test_a_unit_planned_at_zero_steps_is_named_not_started(tmp_path, monkeypatch):
+    """On the H200 the side-by-side warm-up took most of the budget and the styles after the first
+    were planned at 0 steps: the job must go on with the others, not stop on a refused config."""
+    import time
+
+    from fastnst import recipe, train
+
+    paths = [tmp_path / f"{n}.jpg" for n in ("ink", "sun")]
+    job = recipe.units(recipe.TOY, styles=paths, photos=str(tmp_path), precision="float32")[:2]
+    started = []
+    monkeypatch.setattr(train, "train_and_evaluate", lambda c, workdir, **k: started.append(workdir))
+    m = {"step_s": 0.1, "startup_s": 1.0, "warmup_steps": 0}
+    reached, cards, notes = recipe.train_units(job, tmp_path, {"ink": 0, "sun": 0}, {"ink": m, "sun": m},
+                                               time.monotonic() + 60, log=lambda s: None)
+    assert started == [] and reached == {"ink": 0, "sun": 0} and cards == {}
+    assert notes == [f"{n}: not trained: no time was left for it in the budget." for n in ("ink", "sun")]
 
 
 def test_recipe_refuses_bad_input_in_one_line(tmp_path):
@@ -206,6 +236,9 @@ def test_recipe_refuses_bad_input_in_one_line(tmp_path):
     line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--units=styles,sr_x3",
                                   f"--out={tmp_path}"))
     assert "--units: unknown sr_x3" in line and not list(tmp_path.iterdir())  # refused before anything ran
+    line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--sr-sets=Set5,Urban100",
+                                  f"--out={tmp_path}"))
+    assert "--sr-sets: Urban100" in line and not list(tmp_path.iterdir())
 
 
 def test_bench_recipe_tables(tmp_path):
