@@ -168,7 +168,8 @@ def measure(unit: Unit, workdir: Path, steps: int) -> dict:
     c = unit.config.copy_and_resolve_references()
     c.train.update(steps=steps, log_every=1)
     t0 = time.perf_counter()
-    train.train_and_evaluate(c, workdir, progress=False)
+    if train.train_and_evaluate(c, workdir, progress=False).interrupted:
+        raise KeyboardInterrupt  # nothing measured is kept: the rerun warms up again
     wall = time.perf_counter() - t0
     rates = [r["images_per_s"] for r in runlog.read_metrics(workdir / "metrics.jsonl")][1:]  # [0]: compile
     step_s = unit.config.train.batch_size / float(np.median(rates)) if rates else wall / steps
@@ -206,28 +207,37 @@ def one_at_a_time(unit: Unit) -> list[Unit]:
     return out
 
 
+def checked_job(sizes: Sizes, *, styles: list[Path] | None, photos: str | None, sr_root: str | None,
+                multistyle: bool, side_by_side: bool, only: str | None) -> tuple[list[Unit], str]:
+    """The job's units (defaults from ../shared/data) and the SR root, every config, the photo
+    folder and the SR sets checked before anything runs."""
+    shared = data.shared_data()
+    styles = [shared / "styles" / f"{s}.jpg" for s in STYLES] if styles is None else styles
+    photos = photos or str(shared / "train")
+    sr_root = sr_root or str(shared / "sr")
+    precision = "bfloat16" if jax.default_backend() == "gpu" else "float32"  # (bf16 is slow on CPUs)
+    job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle,
+                             side_by_side=side_by_side), only)
+    for u in job:
+        schema.validate(u.config)
+    data.FolderSource(photos, holdout=sizes.holdout)
+    for s in sizes.sr_sets:
+        evaluate.find_set(s, Path(sr_root))
+    return job, sr_root
+
+
 def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: list[Path] | None = None,
         photos: str | None = None, sr_root: str | None = None, multistyle: bool = False,
         side_by_side: bool = False, only: str | None = None, log: Callable[[str], None] = print) -> Path:
     """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`)."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
-    shared = data.shared_data()
-    styles = [shared / "styles" / f"{s}.jpg" for s in STYLES] if styles is None else styles
-    photos = photos or str(shared / "train")
-    sr_root = sr_root or str(shared / "sr")
-    precision = "bfloat16" if jax.default_backend() == "gpu" else "float32"  # (bf16 is slow on CPUs)
+    job, sr_root = checked_job(sizes, styles=styles, photos=photos, sr_root=sr_root, multistyle=multistyle,
+                               side_by_side=side_by_side, only=only)
     # Each unit's run after its warm-up builds its network anew, which retraces the step: with a
     # persistent cache the compiled program is read back instead of compiled a second time.
     jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle,
-                             side_by_side=side_by_side), only)
-    for u in job:  # every config and data folder checked before anything runs
-        schema.validate(u.config)
-    data.FolderSource(photos, holdout=sizes.holdout)
-    for s in sizes.sr_sets:
-        evaluate.find_set(s, Path(sr_root))
     measured = {}
     for i, u in enumerate(job):
         twin = next((v for v in job[:i] if _single_style(u) and _single_style(v)), None)
@@ -275,6 +285,8 @@ def train_units(job: list[Unit], out: Path, steps: dict, measured: dict, end: fl
         c.train.update(steps=steps[u.name], time_limit_s=max(1.0, min(1.2 * mine, end - time.monotonic())))
         t = time.monotonic()
         result = train.train_and_evaluate(c, out / "runs" / u.name, progress=False)
+        if result.interrupted:  # Ctrl-C or SIGTERM: the unit's checkpoint is saved; a rerun resumes the job
+            raise KeyboardInterrupt
         reached[u.name] = result.step
         if u.is_multistyle:  # the multi-style file itself ships too
             _copy(out / "runs" / u.name / f"model{modelfile.SUFFIX}",

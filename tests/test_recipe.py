@@ -225,6 +225,32 @@ def test_a_unit_planned_at_zero_steps_is_named_not_started(tmp_path, monkeypatch
     assert notes == [f"{n}: not trained: no time was left for it in the budget." for n in ("ink", "sun")]
 
 
+def test_an_interrupted_unit_stops_the_job(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during a unit's training: the trainer saves its checkpoint and returns;
+    the job must stop there (exit 130 via the CLI), not go on to the next unit and evaluation."""
+    import time
+
+    from fastnst import recipe, train
+
+    paths = [tmp_path / f"{n}.jpg" for n in ("ink", "sun")]
+    job = recipe.units(recipe.TOY, styles=paths, photos=str(tmp_path), precision="float32")[:2]
+    started = []
+
+    def stopped(c, workdir, **k):
+        started.append(workdir)
+        return train.TrainResult(model_path=None, step=3, interrupted=True, bad_files=0, last_metrics={})
+
+    monkeypatch.setattr(train, "train_and_evaluate", stopped)
+    m = {"step_s": 0.1, "startup_s": 1.0, "warmup_steps": 0}
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train_units(job, tmp_path, {"ink": 5, "sun": 5}, {"ink": m, "sun": m}, time.monotonic() + 60,
+                           log=lambda s: None)
+    assert started == [tmp_path / "runs" / "ink"]  # "sun" never started
+    with pytest.raises(KeyboardInterrupt):
+        recipe.measure(job[1], tmp_path / "runs" / "sun", 3)
+    assert not (tmp_path / "runs" / "sun" / "measured.json").exists()
+
+
 def test_recipe_refuses_bad_input_in_one_line(tmp_path):
     from tests.helpers import one_line_error, run_cli
 
@@ -289,3 +315,37 @@ def test_recipe_multistyle_unit_ships_each_style_as_its_own_model(tmp_path):
         assert one.config["norm"] == "instance" and one.meta["style_image"].endswith(f"{name}.jpg")
         np.testing.assert_array_equal(stylize.apply(one, photo),
                                       stylize.apply(styles.select(multi, name), photo))
+
+
+@pytest.mark.slow  # two bin/recipe processes at toy sizes: about 45 s
+def test_recipe_parallel_runs_each_unit_in_its_own_process_and_gathers_them(shared_data, tmp_path):
+    from tests.helpers import run_cli
+
+    out = tmp_path / "job"
+    r = run_cli("bin/recipe", "--dry-run", "--parallel", "--budget-minutes=3", "--styles=candy",
+                "--units=candy,sr_x4_pixel", f"--out={out}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 units running at once" in r.stdout
+    for name in ("candy", "sr_x4_pixel"):
+        assert (out / "units" / name / "report.md").is_file() and (out / "units" / f"{name}.log").is_file()
+        assert (out / "models" / f"{name}.msgpack").read_bytes() == \
+            (out / "units" / name / "models" / f"{name}.msgpack").read_bytes()
+        assert (out / "models" / f"{name}.md").is_file()
+    report = (out / "report.md").read_text()
+    assert "| candy | 0 | candy | units/candy/report.md |" in report
+    assert "- candy: network objective" in report and "- sr_x4_pixel: Set5 PSNR" in report
+
+
+def test_parallel_report_names_a_unit_that_failed_and_its_log(tmp_path):
+    from fastnst import recipe_parallel
+
+    good = tmp_path / "units" / "ink"
+    (good / "models").mkdir(parents=True)
+    (good / "models" / "ink.msgpack").write_bytes(b"model")
+    (good / "models" / "ink.md").write_text("# ink\n")
+    (good / "report.md").write_text("# r\n\n## Targets\n\n- ink: met\n\n## ink\n\n- not a target\n")
+    codes = {"ink": 0, "sr_x4_pixel": 1}
+    report = recipe_parallel.gather(tmp_path, list(codes), codes).read_text()
+    assert "| sr_x4_pixel | 1 | - | none: units/sr_x4_pixel.log |" in report
+    assert report.split("## Targets")[1].split() == ["-", "ink:", "met"]  # only the Targets section's lines
+    assert (tmp_path / "models" / "ink.msgpack").read_bytes() == b"model"
