@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,9 +27,11 @@ RECIPE = Path(__file__).resolve().parents[1] / "bin" / "recipe"
 
 
 def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: Sequence[str],
-        log: Callable[[str], None] = print) -> Path:
+        log: Callable[[str], None] = print, grace_s: float = 600.0) -> Path:
     """Runs `bin/recipe ARGV --units=NAME` for every name at once; returns OUT/report.md. `argv`
-    holds the job's other options (styles, photos, sizes), passed to every process."""
+    holds the job's other options (styles, photos, sizes), passed to every process. A process still
+    running `grace_s` after the budget (each one ends its training within it; its evaluation follows)
+    is stopped like Ctrl-C stops it, so that one hung process cannot keep the job waiting forever."""
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
@@ -41,17 +44,33 @@ def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: S
                        f"--budget-minutes={budget_minutes}"]
                 procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)))
         log(f"{len(procs)} units running at once (logs: {out / 'units'}/UNIT.log)")
-        codes = {name: p.wait() for name, p in procs}
+        deadline = time.monotonic() + budget_minutes * 60 + grace_s
+        codes = {}
+        for name, p in procs:
+            try:
+                codes[name] = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log(f"{name}: still running {grace_s:.0f} s after the budget: stopped")
+                codes[name] = _stop(p)
     except BaseException:  # Ctrl-C or an error here: the units stop too (each saves its checkpoint)
         for _, p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for _, p in procs:
-            p.wait()
+            _stop(p)
         raise
     for name, code in codes.items():
         log(f"{name}: {'done' if code == 0 else f'exit {code}, see its log'}")
     return gather(out, names, codes)
+
+
+def _stop(p: subprocess.Popen, wait_s: float = 60.0) -> int:
+    """SIGTERM (the unit saves its checkpoint and exits 130), then SIGKILL if it does not end
+    within `wait_s`; returns its exit status."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            return p.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    return p.wait()
 
 
 def gather(out: Path, names: Sequence[str], codes: dict[str, int]) -> Path:

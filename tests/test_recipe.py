@@ -349,3 +349,26 @@ def test_parallel_report_names_a_unit_that_failed_and_its_log(tmp_path):
     assert "| sr_x4_pixel | 1 | - | none: units/sr_x4_pixel.log |" in report
     assert report.split("## Targets")[1].split() == ["-", "ink:", "met"]  # only the Targets section's lines
     assert (tmp_path / "models" / "ink.msgpack").read_bytes() == b"model"
+
+
+def test_parallel_stops_a_unit_that_outlives_budget_and_grace(tmp_path, monkeypatch):
+    """No process may keep the job waiting forever: one that is still running after the budget and
+    the grace is stopped (SIGTERM), reported with its exit status, and the others' models gathered."""
+    import time
+
+    from fastnst import recipe_parallel
+
+    fake = tmp_path / "fake_recipe"  # sleeps as a hung unit would; "quick" ends at once with a model
+    fake.write_text("import sys, time, pathlib\n"
+                    "out = pathlib.Path([a for a in sys.argv if a.startswith('--out=')][0][6:])\n"
+                    "if '--units=quick' in sys.argv:\n"
+                    "    (out / 'models').mkdir(parents=True)\n"
+                    "    (out / 'models' / 'quick.msgpack').write_bytes(b'm')\n"
+                    "else:\n    time.sleep(600)\n")
+    monkeypatch.setattr(recipe_parallel, "RECIPE", fake)
+    t = time.monotonic()
+    report = recipe_parallel.run(tmp_path / "job", names=["hung", "quick"], budget_minutes=0.01, argv=[],
+                                 log=lambda s: None, grace_s=1.0).read_text()
+    assert time.monotonic() - t < 60
+    assert "| hung | -15 | - | none: units/hung.log |" in report
+    assert (tmp_path / "job" / "models" / "quick.msgpack").read_bytes() == b"m"
