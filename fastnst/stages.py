@@ -7,6 +7,7 @@ or option is covered without editing this module. `tiling` plans and runs window
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -64,6 +65,19 @@ class Layer:
     def size(self, n: int) -> int:
         """Layer rows of an n-row input (or window)."""
         return round(n / self.stride) + 2 * self.pad
+
+    def owned(self, core, window, hp: int, wp: int) -> tuple[int, int, int, int]:
+        """The window-relative layer rows/cols whose whole-image activations a window (core box,
+        window box, in input pixels of an hp x wp image) accounts for: its core mapped onto the
+        layer's grid, plus the padded border where the core touches the image's."""
+        (y0, y1, x0, x1), (wy0, _, wx0, _) = core, window
+
+        def span(a, b, wa, full):
+            lo = 0 if a == 0 else self.origin(a) + self.pad
+            hi = self.size(full) if b >= full else self.origin(b) + self.pad
+            return lo - self.origin(wa), hi - self.origin(wa)
+
+        return (*span(y0, y1, wy0, hp), *span(x0, x1, wx0, wp))
 
 
 def _mult(net: nets.TransformNet) -> int:
@@ -153,6 +167,22 @@ def layers(net: nets.TransformNet) -> tuple[Layer, ...]:
     return tuple(out)
 
 
+def _cropped(sizes: tuple[tuple[str, int, int], ...], offsets: jax.Array):
+    """Within this context the input of each top-level layer named in `sizes` [(name, rows, cols)]
+    is cropped to rows x cols starting at `offsets` [P, 2] (row, col)."""
+    index = {name: i for i, (name, _, _) in enumerate(sizes)}
+
+    def interceptor(next_fun, args, kwargs, context):
+        i = index.get("/".join(context.module.path)) if context.method_name == "__call__" else None
+        if i is None:
+            return next_fun(*args, **kwargs)
+        x = args[0]
+        start, size = (0, offsets[i, 0], offsets[i, 1], 0), (x.shape[0], *sizes[i][1:], x.shape[3])
+        return next_fun(jax.lax.dynamic_slice(x, start, size), *args[1:], **kwargs)
+
+    return nn.intercept_methods(interceptor)
+
+
 class _Reached(Exception):
     """Carries a stage's result out of the network at the norm layer where the stage ends."""
 
@@ -161,12 +191,13 @@ class _Reached(Exception):
         self.value = value
 
 
-def _stage_output(net, k: int, variables, image, inputs: dict, stats: dict):
+def _stage_output(net, k: int, variables, image, inputs: dict, stats: dict, crops=None):
     """Stage k on one window: the input of norm layer k (the network's output for the last stage).
 
     Every earlier instance norm returns its buffered input from `inputs`, normalised with the
     whole-image `stats`, so nothing before it is computed (XLA drops the dead code); layers the
-    stage does not read return zeros, also dead.
+    stage does not read return zeros, also dead. `crops` = (sizes, offsets): a one-stage network's
+    layers trimmed to what the kept output needs (`_cropped`, planned by `trim`).
     """
     target = layers(net)[k].name
 
@@ -183,20 +214,22 @@ def _stage_output(net, k: int, variables, image, inputs: dict, stats: dict):
         return y * m.get_variable("params", "scale") + m.get_variable("params", "bias")
 
     try:
-        with nn.intercept_methods(interceptor):
+        with nn.intercept_methods(interceptor), _cropped(*crops) if crops else contextlib.nullcontext():
             return net.apply(variables, image)
     except _Reached as r:
         return r.value
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run_stage(net, k: int, window: tuple[int, int], variables, image, inputs, stats, owned):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 8))
+def _run_stage(net, k: int, window: tuple[int, int], variables, image, inputs, stats, owned,
+               crop_sizes=None, crop_offsets=None):
     """Stage k on one window of `window` input pixels; with instance norm at its end, also the
     count, mean and centred sum of squares of the output over the owned region
-    [row0, row1, col0, col1]."""
+    [row0, row1, col0, col1]. `crop_sizes` (static) and `crop_offsets`: its layers trimmed (`trim`)."""
     if image is None:
         image = jnp.zeros((1, *window, 3), jnp.float32)
-    y = _stage_output(net, k, variables, image, inputs, stats)
+    crops = (crop_sizes, crop_offsets) if crop_sizes else None
+    y = _stage_output(net, k, variables, image, inputs, stats, crops)
     if not layers(net)[k].stats:
         return y, None
     rows = jnp.arange(y.shape[1])[:, None]

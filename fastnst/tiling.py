@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import images, nets
+from fastnst import images, nets, trim
 from fastnst.buffers import Buffer, to_device
 from fastnst.errors import ConfigError
 from fastnst.stages import OUTPUT, Layer, _mult, _run_stage, activation_bytes, border, halo, layers, reads
@@ -88,6 +88,7 @@ class Stage:
     reads: tuple[str, ...]
     halo: int
     tiles: tuple[tuple[tuple[int, int, int, int], tuple[int, int, int, int]], ...]
+    trim: trim.Trim | None = None  # a one-stage network's layers cropped per window
 
     @property
     def window(self) -> tuple[int, int]:
@@ -197,21 +198,10 @@ def plan(net: nets.TransformNet, hp: int, wp: int, budget: int, tile: int | None
                 raise ConfigError(f"a memory budget of {budget / 2**20:.0f} MB is too small for one tile "
                                   f"(needs about {need:.0f} MB); raise the budget or use --max-size")
         core, window = _core_and_window(hp, wp, core, h, least, mult)
-        stages.append(Stage(lay, *reads(net, k), h, _tiles(hp, wp, core, window, mult)))
+        tiles = _tiles(hp, wp, core, window, mult)
+        crops = trim.plan(net, tiles, hp, wp) if len(ls) == 1 else None
+        stages.append(Stage(lay, *reads(net, k), h, tiles, crops))
     return stages
-
-
-def _owned(layer: Layer, core, window, hp: int, wp: int) -> tuple[int, int, int, int]:
-    """The window-relative layer rows/cols whose whole-image activations this window accounts for:
-    its core mapped onto the layer's grid, plus the padded border where the core touches the image's."""
-    (y0, y1, x0, x1), (wy0, _, wx0, _) = core, window
-
-    def span(a, b, wa, full):
-        lo = 0 if a == 0 else layer.origin(a) + layer.pad
-        hi = layer.size(full) if b >= full else layer.origin(b) + layer.pad
-        return lo - layer.origin(wa), hi - layer.origin(wa)
-
-    return (*span(y0, y1, wy0, hp), *span(x0, x1, wx0, wp))
 
 
 def _combine(acc, n, mean, m2):
@@ -257,12 +247,12 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
     scratch: tuple[dict, dict] = ({}, {})
     acc, pending = None, None  # pending: window i-1's (result on the device, statistics, window, owned)
 
-    def fetch(y, s, win, owned):  # a window's result back on the host (waits for it)
-        return np.asarray(y), None if s is None else jax.device_get(s), win, owned
+    def fetch(y, s, *where):  # a window's result back on the host (waits for it)
+        return np.asarray(y), None if s is None else jax.device_get(s), *where
 
-    def write(acc, y, s, win, owned):  # window `win`'s core into the buffer; its statistics into acc
-        r0, r1, c0, c1 = owned
-        block = y[0, r0:r1, c0:c1]
+    def write(acc, y, s, win, owned, at):  # window `win`'s core (at `at` in y) into the buffer
+        r0, _, c0, _ = owned
+        block = y[0, at[0]:at[1], at[2]:at[3]]
         if lay.name == OUTPUT and out_dtype == np.uint8:
             block = images.to_uint8(block)
         dest.write(lay.origin(win[0]) + r0, lay.origin(win[2]) + c0, block)
@@ -271,9 +261,13 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
     for i, (core, win) in enumerate(st.tiles):
         ins, img = _window_inputs(st, win, image, buffers, by_name, scratch[i % 2])
         done = fetch(*pending) if pending is not None else None  # window i-1's result
-        owned = _owned(lay, core, win, *padded)
-        pending = (*_run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(owned)),
-                   win, owned)
+        owned = at = lay.owned(core, win, *padded)
+        crops = ()
+        if st.trim is not None:  # the trimmed output starts `shift` rows/cols later
+            at = tuple(int(a) for a in np.subtract(owned, np.repeat(st.trim.shift[i], 2)))
+            crops = (st.trim.sizes, jnp.asarray(st.trim.offsets[i]))
+        pending = (*_run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(at), *crops),
+                   win, owned, at)
         if done is not None:
             acc = write(acc, *done)
     return write(acc, *fetch(*pending))

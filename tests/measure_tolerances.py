@@ -102,6 +102,11 @@ def tiling_cases() -> dict:
             key = (f"{task}/{norm}/{size[0]}x{size[1]}/tile{tile}" + "".join(f"/{v}" for v in opts.values())
                    + ("/opt" if optimise else ""))
             rows[key] = {"max": _maxdiff(tiled, whole), "mean": float(np.abs(tiled - whole).mean())}
+        for task, opts, size, tile in t.TRIM_CASES:  # batch norm, every layer trimmed (fastnst/trim.py)
+            whole, tiled = t.whole_and_tiled(t._model(task, "batch", **opts), t._photo(*size), tile)
+            key = (f"{task}/batch/{size[0]}x{size[1]}/tile{tile}/trimmed"
+                   + "".join(f"/{v}" for v in opts.values()) + ("/opt" if optimise else ""))
+            rows[key] = {"max": _maxdiff(tiled, whole), "mean": float(np.abs(tiled - whole).mean())}
         m = t._model("style", "batch")
         big, budget, ref = t.over_budget_case(m)
         tiled = np.asarray(stylize.apply(m, big, budget=budget))
