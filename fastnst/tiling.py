@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fastnst import images, nets, trim
-from fastnst.buffers import Buffer, to_device
+from fastnst.buffers import Arena, Buffer, layout, to_device
 from fastnst.errors import ConfigError
 from fastnst.stages import OUTPUT, Layer, _mult, _run_stage, activation_bytes, border, halo, layers, reads
 
@@ -276,6 +276,23 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
 # --------------------------------------------------------------------------- inference
 
 
+def _where(stages: list[Stage], hp: int, wp: int, ram: int, last_read: dict) -> tuple[set, int, list]:
+    """Which buffers stay in RAM (in stage order, while `ram` bytes allow; freed after their last
+    reader), the peak bytes they hold, and the rest as (name, bytes, written, last read) for
+    `buffers.layout`."""
+    in_ram, files, held, peak = set(), [], {}, 0
+    for k, st in enumerate(stages[:-1]):
+        n = 4 * st.layer.size(hp) * st.layer.size(wp) * st.layer.channels
+        if n <= ram - sum(held.values()):
+            in_ram.add(st.layer.name)
+            held[st.layer.name] = n
+            peak = max(peak, sum(held.values()))
+        else:
+            files.append((st.layer.name, n, k, last_read[st.layer.name]))
+        held = {name: b for name, b in held.items() if last_read[name] > k}
+    return in_ram, peak, files
+
+
 # (Long: the buffers' lifetimes -- opened, read by later stages, freed after their last reader,
 # closed on every way out -- are visible in one function; the plan and the windows are above.)
 def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget: int | None = None,
@@ -307,34 +324,26 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
         raise ValueError(f"out_dtype must be float32 or uint8, got {out_dtype}")
     # The output (returned, so in RAM) counts against the buffers' share of the budget.
     ram_left = budget // 2 - hp * f * wp * f * 3 * out_dtype.itemsize if ram is None else ram
+    in_ram, peak_ram, files = _where(stages, hp, wp, ram_left, last_read)
     buffers: dict[str, Buffer] = {}
     stats: dict[str, tuple] = {}
-    peak = {"ram": 0, "disk": 0}
+    arena = Arena(*layout(files)) if files else None  # one file for the buffers that are not in RAM
     try:
         for k, st in enumerate(stages):
             lay = st.layer
             shape = (lay.size(hp), lay.size(wp), lay.channels)
-            if lay.name == OUTPUT:
-                dest = Buffer(shape, in_ram=True, dtype=out_dtype)
-            else:
-                dest = Buffer(shape, in_ram=4 * math.prod(shape) <= ram_left)
-                ram_left -= dest.nbytes if dest.array is not None else 0
-            buffers[lay.name] = dest
-            for where in ("ram", "disk"):
-                peak[where] = max(peak[where], sum(b.nbytes for n, b in buffers.items() if n != OUTPUT
-                                                   and (b.array is not None) == (where == "ram")))
+            buffers[lay.name] = (Buffer(shape, dtype=out_dtype) if lay.name == OUTPUT
+                                 else Buffer(shape, None if lay.name in in_ram else arena, lay.name))
             acc = _stage_windows(net, variables, k, st, image, buffers, by_name, stats, (hp, wp), out_dtype)
             if acc is not None:
                 n, mean, m2 = acc
                 stats[lay.name] = (mean.astype(np.float32), (m2 / n).astype(np.float32))
             for n in [n for n, last in last_read.items() if last == k]:
-                ram_left += buffers[n].nbytes if buffers[n].array is not None else 0
                 buffers.pop(n).close()
         if info is not None:
             info.update(stages=len(stages), windows=sum(len(st.tiles) for st in stages),
-                        buffers_ram_mb=peak["ram"] / 2**20, buffers_disk_mb=peak["disk"] / 2**20)
+                        buffers_ram_mb=peak_ram / 2**20, buffers_disk_mb=(arena.span if arena else 0) / 2**20)
         return buffers[OUTPUT].array[: h * f, : w * f]
-    finally:
-        for b in buffers.values():
-            if b.array is None or b is not buffers.get(OUTPUT):
-                b.close()
+    finally:  # (RAM buffers go with their last reference)
+        if arena is not None:
+            arena.close()

@@ -117,6 +117,48 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
     assert buffers.open_buffer_files() == []  # unlinked at creation, closed on the way out
 
 
+def test_buffer_layout_reuses_freed_ranges_and_buffers_alive_together_never_overlap():
+    """File buffers share one file at offsets from `buffers.layout`: buffers alive at the same stage
+    never overlap (their data survives the others' writes), ranges are reused, and for a chain like
+    the stages' (each buffer read by the next stage only) the file spans two buffers, not all."""
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        specs = []
+        for i in range(12):
+            first = int(rng.integers(0, 10))
+            shape = (int(rng.integers(2, 30)), int(rng.integers(2, 30)), 3)
+            specs.append((f"b{i}", shape, first, first + int(rng.integers(1, 6))))
+        offsets, span = buffers.layout([(n, 4 * np.prod(s), a, b) for n, s, a, b in specs])
+        for t in range(16):
+            alive = sorted((offsets[n], offsets[n] + 4 * np.prod(s)) for n, s, a, b in specs if a <= t <= b)
+            assert all(x[1] <= y[0] for x, y in zip(alive, alive[1:], strict=False))
+            assert all(x[1] <= span for x in alive)
+        assert all(o % 4096 == 0 for o in offsets.values())
+        if trial:
+            continue
+        arena = buffers.Arena(offsets, span)  # the data survives: write all in stage order, read back
+        try:
+            data = {n: rng.normal(size=s).astype(np.float32) for n, s, _, _ in specs}
+            live = {}
+            for t in range(16):
+                for n, s, a, _ in specs:
+                    if a == t:
+                        live[n] = buffers.Buffer(s, arena, n)
+                        live[n].write(0, 0, data[n][:, :5])  # narrower than the buffer: row by row
+                        if s[1] > 5:
+                            live[n].write(0, 5, data[n][:, 5:])
+                for n, s, _, b in specs:
+                    if b == t:
+                        r = s[0] // 2
+                        np.testing.assert_array_equal(live[n].read(r, s[0], 1, s[1]), data[n][r:, 1:])
+                        np.testing.assert_array_equal(live.pop(n).read(0, s[0], 0, s[1]), data[n])
+        finally:
+            arena.close()
+    chain = [(f"c{k}", 1 << 20, k, k + 1) for k in range(10)]
+    assert buffers.layout(chain)[1] == 2 << 20
+    assert buffers.open_buffer_files() == []
+
+
 def test_uint8_photo_in_and_uint8_output_are_the_float_run_rounded():
     """What `run_files` gives a 100 MP photo (a quarter of the memory each way) is bit for bit the
     float path's result rounded as it is saved: the same windows and programs, and decoded pixels
