@@ -159,6 +159,21 @@ def test_buffer_layout_reuses_freed_ranges_and_buffers_alive_together_never_over
     assert buffers.open_buffer_files() == []
 
 
+def test_residual_stream_has_buffers_so_no_stage_reads_more_than_two():
+    """The input of each residual block after the first (block i-1's input plus its normalised last
+    conv) is a stage of its own, found from the network: later stages read it instead of every
+    earlier block's buffer (up to 6 for the paper's 5 blocks), and earlier buffers can be freed."""
+    net = _model("style", "instance").net
+    ls = tiling.layers(net)
+    names = [lay.name for lay in ls]
+    assert [lay.name for lay in ls if not lay.stats][:-1] == ["res1", "res2", "res3", "res4"]
+    reads = {lay.name: tiling.reads(net, k)[1] for k, lay in enumerate(ls)}
+    assert max(map(len, reads.values())) == 2
+    assert reads["res1"] == ("norm_down1", "res0/norm1") and reads["res3"] == ("res2", "res2/norm1")
+    assert reads["res3/norm0"] == ("res3",) and reads["norm_up0"] == ("res4", "res4/norm1")
+    assert names.index("res2") < names.index("res2/norm0")
+
+
 def test_uint8_photo_in_and_uint8_output_are_the_float_run_rounded():
     """What `run_files` gives a 100 MP photo (a quarter of the memory each way) is bit for bit the
     float path's result rounded as it is saved: the same windows and programs, and decoded pixels
@@ -179,8 +194,8 @@ def test_uint8_photo_in_and_uint8_output_are_the_float_run_rounded():
 def test_halos_are_measured_from_the_network_and_needed(monkeypatch):
     """A batch-norm network is one stage, whose halo must cover how far one changed input pixel
     moves the output (checked here independently on the whole network) and not much more; an
-    instance-norm network's stages need 4-8 px each. With the halos set to zero the stitched output
-    is wrong, so the exactness test can fail."""
+    instance-norm network's stages need 4-8 px each (the residual stream's: one layer pixel). With
+    the halos set to zero the stitched output is wrong, so the exactness test can fail."""
     cfg = nets.model_config({"task": "style", "width": 0.25})
     net = nets.build(cfg)
     m = modelfile.Model(config=cfg, variables=nets.init(net, jax.random.key(2), size=64), meta={})
@@ -195,7 +210,7 @@ def test_halos_are_measured_from_the_network_and_needed(monkeypatch):
     assert reach <= tiling.halo(net, 0) <= reach + 8, (reach, tiling.halo(net, 0))
     inorm = _model("style", "instance").net
     halos = [tiling.halo(inorm, k) for k in range(len(tiling.layers(inorm)))]
-    assert len(halos) == 16 and all(h in (4, 8) for h in halos), halos
+    assert len(halos) == 20 and all(h in (4, 8) for h in halos), halos
     m = _model("style", "batch", padding="reflect_same")  # no border padding widening the windows
     assert np.abs(np.subtract(*whole_and_tiled(m, _photo(75, 61), 20))).max() <= TILED_MAX_DIFF
     monkeypatch.setattr(tiling, "halo", lambda net, k: 0)
