@@ -1,9 +1,10 @@
 """Inference on images of any size within a memory budget: the network run stage by stage, exactly.
 
-A stage ends at every layer that needs whole-image statistics (instance norm) and at the output.
-Stage k computes the input of norm layer k over the whole (padded) image, window by window, from
-the buffered inputs of the earlier norm layers it reads (found from the traced computation, not
-from a description of the architecture) and, for the first stage, the photo. Each window keeps
+A stage ends at every layer that needs whole-image statistics (instance norm), at the input of
+every residual block after the first (the residual stream, so that no stage re-reads all earlier
+blocks) and at the output. Stage k computes the input of layer k over the whole (padded) image,
+window by window, from the buffered layers it reads (found from the traced computation, not from a
+description of the architecture) and, for the first stage, the photo. Each window keeps
 only its core; the halo each stage needs is measured from the network (`halo`: how far a change of
 one input pixel moves that stage's output). Outputs go into a buffer per norm layer, in RAM while
 the budget allows and otherwise in an unlinked temporary file (gone when closed, after Ctrl-C, even

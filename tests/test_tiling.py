@@ -33,10 +33,11 @@ def _photo(h, w, seed=0):
 
 # Tiled vs whole-image output on 0..255 (docs/tiling.md, docs/testing.md, results/tolerances.json).
 # Measured on this CPU over CASES, with XLA optimisation on and off (tests/measure_tolerances.py):
-# batch norm 0 (one stage, every window one shape); instance norm max 5.0e-4, mean 7.4e-5 (each
-# stage's windows sum in another order than the whole image; statistics are combined window by
-# window). Bounds: 4x, the margin docs/testing.md derives for other CPUs' kernels.
-TILED_MAX_DIFF = 2.0e-3
+# batch norm 0 (one stage, every window one shape, layers trimmed or not); instance norm max 5.7e-4,
+# mean 6.6e-5 (2026-12-05, 20 stages; 5.0e-4 and 7.4e-5 with 16): each stage's windows sum in
+# another order than the whole image, and statistics are combined window by window. Bounds: 4x the
+# largest measured, the margin docs/testing.md derives for other CPUs' kernels.
+TILED_MAX_DIFF = 2.3e-3
 TILED_MEAN_DIFF = 3.0e-4
 
 # Odd sizes, cores that do not divide the image, every architecture option (the stages, their
