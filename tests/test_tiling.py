@@ -360,34 +360,25 @@ def test_video_frames_over_the_budget_run_stage_by_stage_and_equal_whole_frames(
     stage by stage (an instance-norm model: statistics over the whole frame), every frame written,
     and each equal to the whole-frame output of the same decoded frame (PyAV decoding it here)."""
     av = pytest.importorskip("av")
+    from tests.test_video import _clip, _probe
+
     m = _model("style", "instance")
     h, w, n = 72, 88, 3
-    src = tmp_path / "in.mp4"
-    with av.open(str(src), "w") as out:
-        v = out.add_stream("libx264", rate=12)
-        v.height, v.width, v.pix_fmt = h, w, "yuv420p"
-        for i in range(n):
-            frame = images.to_uint8(_photo(h, w, seed=i))
-            for p in v.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(p)
-        for p in v.encode():
-            out.mux(p)
+    src = _clip(tmp_path / "in.mp4", frames=n, h=h, w=w, audio=False)
     with av.open(str(src)) as c:
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     budget = tiling.activation_bytes(m.net, 48, 48)
     assert len(decoded) == n and not tiling.fits(m.net, h, w, budget)
-    seen = []
+    seen, tiling_apply = [], tiling.apply_tiled
 
     def spy(net, variables, image, **kw):
         seen.append((np.array(image), tiling_apply(net, variables, image, **kw)))
         return seen[-1][1]
 
-    tiling_apply = tiling.apply_tiled
     monkeypatch.setattr(tiling, "apply_tiled", spy)
     (res,) = stylize.run_files(m, [src], tmp_path / "out.mp4", budget=budget, progress=False)
     assert res.error is None and res.dst is not None
-    with av.open(str(res.dst)) as c:
-        assert sum(1 for _ in c.decode(c.streams.video[0])) == n
+    assert _probe(res.dst)["frames"] == n
     assert len(seen) == n  # every frame went stage by stage
     for (frame, tiled), ref in zip(seen, decoded, strict=True):
         np.testing.assert_array_equal(frame, ref)
