@@ -28,13 +28,18 @@ def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigD
         task="sr", scale=scale, norm="batch", upsample="transpose", padding="paper", width=1.0))
     c.data = ml_collections.ConfigDict(dict(
         source="folder", folder="../shared/data/train", tfds_name="coco/2014", tfds_data_dir="", holdout=4,
-        workers=4, sr_sigma=1.0, cache=False))
+        workers=4, sr_sigma=1.0, cache=False,
+        # on_device: decode every photo once into one uint8 array on the device and cut the crops
+        # inside the step (for data that fits: the bundled photos, a carried subset); flip: mirror
+        # each crop with probability 1/2. Both data paths give the same batches.
+        on_device=False, flip=False))
     feature = a["loss"] == "feature"
     c.loss = ml_collections.ConfigDict(dict(
         content_layers=("relu2_2",), style_layers=(),
         content=1.0 if feature else 0.0, style=0.0, pixel=0.0 if feature else 1.0, tv=2e-5))
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=288, steps=200_000, lr=1e-3,
+        steps_per_dispatch=1,  # K steps per jitted call (lax.scan); logs and checkpoints act between calls
         log_every=100, ckpt_every=2000, keep=3, sample_every=5000, time_limit_s=0.0,
         precision="float32"))  # or "bfloat16": bf16 compute, float32 parameters/optimizer/losses
     if a["runlocal"]:

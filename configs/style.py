@@ -47,7 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         source="folder", folder="../shared/data/train", tfds_name="coco/2014", tfds_data_dir="", holdout=4,
-        workers=4, sr_sigma=1.0, cache=False))
+        workers=4, sr_sigma=1.0, cache=False,
+        # on_device: decode every photo once into one uint8 array on the device and cut the crops
+        # inside the step (for data that fits: the bundled photos, a carried subset); flip: mirror
+        # each crop with probability 1/2. Both data paths give the same batches.
+        on_device=False, flip=False))
 
     c.loss = ml_collections.ConfigDict(dict(
         content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
@@ -59,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=256, steps=40_000, lr=1e-3,
+        steps_per_dispatch=1,  # K steps per jitted call (lax.scan); logs and checkpoints act between calls
         log_every=50, ckpt_every=1000, keep=3, sample_every=2000, time_limit_s=0.0,
         precision="float32"))  # or "bfloat16": bf16 compute, float32 parameters/optimizer/losses
 

@@ -1,12 +1,12 @@
 """Training inputs: image sources, deterministic crops, the SR degradation, parallel batching.
 
 The pipeline is index-based: the images of global step `s` are a pure function of
-`(seed, s)` (an epoch-wise permutation seeded by `(seed, epoch)`, crop offsets seeded by
-`(seed, sample index)`). The data position is therefore just the step count, which the
+`(seed, s)` (`augment.draw`: an epoch-wise permutation from the seed and the epoch, crop offsets
+and flips from the step's key). The data position is therefore just the step count, which the
 checkpoint already holds, and a resumed run sees exactly the batches an uninterrupted one
-would. We use a thread pool rather than grain: Pillow decodes with the GIL released, the
-index-based design already gives determinism and checkpointability, and it needs no extra
-dependency.
+would. Data that fits on the device skips this loader altogether (`augment.DeviceImages`). We
+use a thread pool rather than grain: Pillow decodes with the GIL released, the index-based design
+already gives determinism and checkpointability, and it needs no extra dependency.
 
 Unreadable files are skipped (the next image of the permutation is used instead, so the choice
 is still deterministic) and counted.
@@ -15,7 +15,6 @@ is still deterministic) and counted.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst import images
+from fastnst import augment, images, keys
 from fastnst.errors import FastnstError, ImageError
 
 
@@ -125,62 +124,33 @@ def open_source(data) -> FolderSource | TfdsSource:
     return TfdsSource(data.tfds_name, holdout=data.holdout, data_dir=data.tfds_data_dir or None)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random size x size crop of an image whose sides are at least `size`."""
-    h, w = image.shape[:2]
-    y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-    return image[y: y + size, x: x + size]
+def prepare_photo(image: np.ndarray, size: int, sr_scale: int) -> np.ndarray:
+    """A training photo as both data paths keep it: its shorter side resized to the crop size
+    (style), or as stored (SR; resized only when a side is shorter than the crop)."""
+    if not sr_scale or min(image.shape[:2]) < size:
+        image = images.resize_short_side(image, size)
+    return image
 
 
-def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """Normalised 1-D Gaussian with radius int(truncate * sigma + 0.5), as scipy.ndimage uses."""
-    radius = max(1, int(truncate * sigma + 0.5))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    return k / k.sum()
+def decode_all(source, size: int, sr_scale: int, workers: int = 4) -> tuple[list[np.ndarray], set[str]]:
+    """Every photo of `source` prepared as the loader prepares it (`prepare_photo`), decoded by
+    `workers` threads, for the on-device path (`augment.pack`). Unreadable photos are left out and
+    named in the returned set (the host loader substitutes the next photo instead, so the two paths
+    give the same batches only when every photo reads)."""
+    def one(i):
+        try:
+            # (uint8 as each is decoded: a whole SR folder in float32 would need 4x the memory)
+            return images.to_uint8(prepare_photo(source.load(i), size, sr_scale))
+        except ImageError:
+            return None
 
-
-def gaussian_blur(image: np.ndarray, sigma: float, *, truncate: float = 4.0) -> np.ndarray:
-    """Separable Gaussian blur of HxWxC with mirrored borders (scipy.ndimage's 'reflect')."""
-    out = np.asarray(image)
-    out = out.astype(np.result_type(out.dtype, np.float32))
-    k = gaussian_kernel(sigma, truncate).astype(out.dtype)
-    r = len(k) // 2
-    for axis in (0, 1):
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (r, r)
-        p = np.pad(out, pad, mode="symmetric")
-        n = out.shape[axis]
-        out = sum(k[i] * np.take(p, range(i, i + n), axis=axis) for i in range(len(k)))
-    return out
-
-
-@functools.lru_cache(maxsize=32)
-def degrade_operator(n: int, scale: int, sigma: float) -> np.ndarray:
-    """The (n // scale, n) matrix that `degrade` applies along an axis of n pixels: the Gaussian
-    blur (`gaussian_blur`, sigma 0: none) followed by Pillow's bicubic downsampling (`images.resize`),
-    each obtained by applying that very function to the n unit vectors (a one-pixel-wide image with
-    n channels: the blur and the resize act along its height only)."""
-    eye = np.eye(n, dtype=np.float32)[:, None, :]
-    blur = gaussian_blur(eye, sigma)[:, 0, :].astype(np.float64) if sigma else np.eye(n)
-    down = images.resize(eye, (n // scale, 1), method="bicubic")[:, 0, :].astype(np.float64)
-    return (down @ blur).astype(np.float32)
-
-
-def degrade(hr: np.ndarray, scale: int, *, sigma: float = 1.0) -> np.ndarray:
-    """The paper's SR input: Gaussian blur (sigma 1.0), then bicubic downsampling by `scale`.
-
-    Both are linear and separable, so they are applied as one matrix per axis (two matrix products,
-    in BLAS, which does not hold the GIL): a training batch is degraded by the loader's threads in
-    parallel, where the NumPy blur's many small operations made the loader the bottleneck of SR
-    training on a GPU (78 vs 209 images/s with and without the blur on an H200, results/recipe_h200/).
-    """
-    h, w = hr.shape[:2]
-    rows, cols = degrade_operator(h, scale, float(sigma)), degrade_operator(w, scale, float(sigma))
-    x = np.asarray(hr, np.float32)
-    c = x.shape[2]
-    x = (rows @ x.reshape(h, w * c)).reshape(h // scale, w, c)  # along the height
-    x = (cols @ x.transpose(1, 0, 2).reshape(w, -1)).reshape(w // scale, h // scale, c)  # along the width
-    return np.clip(x.transpose(1, 0, 2), 0, 255)
+    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        photos = list(pool.map(one, range(len(source))))
+    bad = {source.describe(i) for i, p in enumerate(photos) if p is None}
+    kept = [p for p in photos if p is not None]
+    if not kept:
+        raise FastnstError(f"{source.name}: no readable image")
+    return kept, bad
 
 
 class Batches:
@@ -191,75 +161,75 @@ class Batches:
     `num_styles` S (a multi-style network) it also holds `style`: sample k of the run is trained
     towards style `first_style` + k mod S, so every batch mixes styles and every style gets the
     same images (`first_style` > 0: styles added to a model that holds the first ones).
+
+    Which photos, crops and flips a step uses is `augment`'s plan, the one the on-device path
+    (`augment.DeviceImages`) draws inside the step, so both paths give the same batches.
     """
 
     def __init__(self, source, *, batch_size: int, image_size: int, seed: int, sr_scale: int = 0,
                  sr_sigma: float = 1.0, workers: int = 4, prefetch: int = 2, cache: bool = False,
                  process_index: int = 0, process_count: int = 1, num_styles: int = 0,
-                 first_style: int = 0):
+                 first_style: int = 0, flip: bool = False):
         # (the trainer refuses a batch that does not split over the job's devices, hence processes)
         assert batch_size % process_count == 0, (batch_size, process_count)
         self.source, self.batch_size, self.size = source, batch_size, image_size
         # In a multi-process run each process makes only its slice of the global batch.
         self.local = batch_size // process_count
         self.offset = process_index * self.local
-        self.seed, self.sr_scale, self.sr_sigma = seed, sr_scale, sr_sigma
+        self.seed, self.sr_scale, self.sr_sigma, self.flip = seed, sr_scale, sr_sigma, flip
         self.num_styles, self.first_style = num_styles, first_style
+        self._order, self._run = keys.order_key(seed), keys.run_keys(seed)[1]
         self.bad: set[str] = set()
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max(1, workers))
         self._prefetch = prefetch
-        self._perms: dict[int, np.ndarray] = {}
         # Optional in-memory cache of decoded (and, for style, resized) images as uint8, so that
         # after the first epoch a fast accelerator is not limited by JPEG decoding.
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
-
-    def _index(self, k: int) -> int:
-        n = len(self.source)
-        epoch, pos = divmod(k, n)
-        with self._lock:
-            if epoch not in self._perms:
-                self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
-            return int(self._perms[epoch][pos])
 
     def _prepared(self, i: int) -> np.ndarray:
         """Image i, its shorter side resized to the crop size (style) or as stored (SR)."""
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        image = self.source.load(i)
-        if not self.sr_scale or min(image.shape[:2]) < self.size:
-            image = images.resize_short_side(image, self.size)
+        image = prepare_photo(self.source.load(i), self.size, self.sr_scale)
         if self._cache is not None:
             image = images.to_uint8(image)
             self._cache[i] = image
         return image
 
-    def _example(self, k: int) -> np.ndarray:
-        """Crop of the k-th sample of the run; skips unreadable images deterministically."""
+    def _example(self, index: int, u: np.ndarray, flip: bool) -> np.ndarray:
+        """The crop of photo `index` at uniform position `u` (`augment.offsets`); an unreadable
+        photo is replaced by the next readable one in index order (deterministically)."""
         n = len(self.source)
         for offset in range(n):
-            i = self._index(k) if offset == 0 else (self._index(k) + offset) % n
+            i = (index + offset) % n
             try:
                 image = self._prepared(i)
             except ImageError:
                 with self._lock:
                     self.bad.add(self.source.describe(i))
                 continue
-            crop = random_crop(image, self.size, np.random.default_rng([self.seed, 1, k]))
-            return crop.astype(np.float32)
+            h, w = image.shape[:2]
+            y = int(augment.offsets(u[0:1], h, self.size)[0])
+            x = int(augment.offsets(u[1:2], w, self.size)[0])
+            crop = image[y: y + self.size, x: x + self.size]
+            return (crop[:, ::-1] if self.flip and flip else crop).astype(np.float32)
         raise FastnstError(f"{self.source.name}: no readable image")
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's slice of the global batch of `step` (all of it in a one-process run)."""
+        plan = augment.host_plan(self._order, self._run, step, batch_size=self.batch_size, n=len(self.source))
+        part = range(self.offset, self.offset + self.local)
+        hr = np.stack(list(self._pool.map(
+            lambda j: self._example(int(plan["index"][j]), plan["u"][j], bool(plan["flip"][j])), part)))
         k0 = step * self.batch_size + self.offset
-        hr = np.stack(list(self._pool.map(self._example, range(k0, k0 + self.local))))
         if self.num_styles:  # multi-style: sample k of the run is trained towards style k mod S
             k = np.arange(k0, k0 + self.local)
             style = (self.first_style + k % self.num_styles).astype(np.int32)
             return {"input": hr, "target": hr, "style": style}
         if not self.sr_scale:
             return {"input": hr, "target": hr}
-        lr = np.stack(list(self._pool.map(lambda im: degrade(im, self.sr_scale, sigma=self.sr_sigma),
+        lr = np.stack(list(self._pool.map(lambda im: augment.degrade(im, self.sr_scale, sigma=self.sr_sigma),
                                           hr)))
         return {"input": lr, "target": hr}
 

@@ -201,9 +201,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh: Mesh) -> NamedSharding:
-    """Split along the leading (batch) axis over the `data` axis."""
-    return NamedSharding(mesh, P("data"))
+def data_sharded(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Split along the batch axis (`axis`: 0, or 1 for K batches stacked) over the `data` axis."""
+    return NamedSharding(mesh, P(*([None] * axis), "data"))
 
 
 def replicate(tree, mesh: Mesh):
@@ -218,9 +218,10 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(one, tree)
 
 
-def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """The global batch from this process's slice (the whole batch in a one-process run)."""
-    sharding = data_sharded(mesh)
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, axis: int = 0) -> dict[str, jax.Array]:
+    """The global batch from this process's slice (the whole batch in a one-process run); `axis`
+    1 for K batches stacked on a leading axis."""
+    sharding = data_sharded(mesh, axis)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 

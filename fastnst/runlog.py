@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import data, images, nets, stylize
+from fastnst import augment, images, nets, stylize
 from fastnst.errors import FastnstError
 
 
@@ -70,7 +70,7 @@ def sample_inputs(source, scale: int, size: int = 256) -> list[np.ndarray]:
         except FastnstError:
             continue
         im = images.resize_max_side(im, size)
-        out.append(data.degrade(im, scale) if scale > 1 else im)
+        out.append(augment.degrade(im, scale) if scale > 1 else im)
     return out
 
 

@@ -29,7 +29,9 @@ from fastnst.errors import ConfigError
 # trained.
 HARMLESS_ON_RESUME = frozenset({
     "train.steps", "train.log_every", "train.ckpt_every", "train.keep", "train.sample_every",
-    "train.time_limit_s", "train.lr", "data.workers", "data.cache", "vgg_weights"})
+    "train.time_limit_s", "train.lr", "data.workers", "data.cache", "vgg_weights",
+    # How batches are delivered, not which: both data paths and any K give the same batches.
+    "train.steps_per_dispatch", "data.on_device"})
 
 PRECISIONS = ("float32", "bfloat16")
 _REQUIRED = dataclasses.MISSING
@@ -47,6 +49,8 @@ class DataConfig:
     workers: int = 4  # decoding threads
     sr_sigma: float = 1.0  # Gaussian blur before the SR downscaling
     cache: bool = False  # keep decoded photos in memory
+    on_device: bool = False  # decode every photo once into one uint8 array on the device (augment)
+    flip: bool = False  # mirror each crop with probability 1/2 (both data paths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +66,7 @@ class TrainConfig:
     sample_every: int
     time_limit_s: float = 0.0  # 0 = none
     precision: str = "float32"
+    steps_per_dispatch: int = 1  # K steps per jitted call; logging and checkpoints act between calls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,7 +231,7 @@ def _train(block: Mapping, model: Mapping) -> TrainConfig:
     if t.precision not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     for key, lo in (("batch_size", 1), ("steps", 1), ("log_every", 1), ("ckpt_every", 1), ("keep", 1),
-                    ("sample_every", 0)):
+                    ("sample_every", 0), ("steps_per_dispatch", 1)):
         _at_least(f"train.{key}", getattr(t, key), lo)
     _at_least("train.image_size", t.image_size, 32, 4096)
     _at_least("train.lr", t.lr, 0.0, strict=True)

@@ -20,9 +20,12 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from fastnst import (
+    augment,
     checkpoints,
     data,
+    dispatch,
     images,
+    keys,
     losses,
     modelfile,
     nets,
@@ -36,6 +39,7 @@ from fastnst import (
 from fastnst.errors import ConfigError, JobError
 from fastnst.schema import Config
 from fastnst.step import (
+    StepInputs,
     TrainState,
     create_train_state,
     jit_side_by_side_step,
@@ -99,12 +103,13 @@ class _Job:
     net: nets.TransformNet  # float32, for samples and the exported model
     state: TrainState  # with a leading model axis when networks train side by side
     names: tuple[str, ...]  # the networks trained side by side (empty: one network)
-    inputs: tuple  # (vgg_params, style_grams, spec, rng, precision): the step's other arguments
-    step_fn: Callable
+    inputs: StepInputs  # the step's other argument
+    step_fn: Callable[[int], Callable]  # K -> the jitted call that runs K steps
     mngr: ocp.CheckpointManager
-    batches: data.Batches
+    batches: data.Batches | None  # the host loader (None: the photos are on the device)
     source: object
     samples: list
+    bad: set  # photos that could not be read (the host loader's set, or those left out up front)
 
 
 def mesh_record(mesh) -> dict:
@@ -137,7 +142,7 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     grams = {k: jnp.concatenate([jnp.zeros((old, *g.shape[1:]), g.dtype)] + [p[k] for p in per_style])
              for k, g in per_style[0].items()} if per_style else {}
     net = nets.build(cfg.model)
-    init_rng, rng = jax.random.split(jax.random.key(cfg.seed))  # rng: the stochastic terms' base key
+    init_rng, rng = keys.run_keys(cfg.seed)  # rng: the base of every step's keys
     compute = net.clone(dtype=jnp.dtype(t.precision)) if t.precision != "float32" else net
     if cfg.side_by_side:  # one network per style, each its own initialisation; Grams [M, 1, C, C]
         grams = {k: g[:, None] for k, g in grams.items()}
@@ -149,22 +154,31 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
             variables = warmstart.initial_variables(cfg.start, variables)
         state = create_train_state(compute, init_rng, lr=t.lr, variables=variables,
                                    labels=warmstart.trainable(cfg.start))
+    sr = cfg.scale if cfg.scale > 1 else 0
+    dspec = augment.DataSpec(batch_size=t.batch_size, size=t.image_size, sr_scale=sr,
+                             sr_sigma=cfg.data.sr_sigma, flip=cfg.data.flip,
+                             num_styles=0 if cfg.side_by_side else len(cfg.style_images), first_style=old)
+    photos, bad = (data.decode_all(source, t.image_size, dspec.sr_scale, cfg.data.workers)
+                   if cfg.data.on_device else (None, set()))
     parallel.barrier("set-up")  # every process set up before the first collective (see barrier)
     # (the run's key as raw key data: replicable across processes; fold_in accepts it)
     state, vgg_params, grams, rng = parallel.replicate((state, vgg_params, grams, jax.random.key_data(rng)),
                                                        mesh)
+    on_device = parallel.replicate(augment.pack(photos, keys.order_key(cfg.seed)), mesh) if photos else None
+    inputs = StepInputs(vgg_params, grams, cfg.loss, rng, t.precision, on_device,
+                        dspec if on_device is not None else None)
     mngr = checkpoints.manager(workdir, t.keep)
     state = checkpoints.restore_latest(mngr, state)
-    batches = data.Batches(source, batch_size=t.batch_size, image_size=t.image_size, seed=cfg.seed,
-                           sr_scale=cfg.scale if cfg.scale > 1 else 0, sr_sigma=cfg.data.sr_sigma,
-                           workers=cfg.data.workers, cache=cfg.data.cache, process_index=jax.process_index(),
-                           process_count=jax.process_count(),
-                           num_styles=0 if cfg.side_by_side else len(cfg.style_images), first_style=old)
+    batches = None if on_device is not None else data.Batches(
+        source, batch_size=t.batch_size, image_size=t.image_size, seed=cfg.seed, sr_scale=dspec.sr_scale,
+        sr_sigma=cfg.data.sr_sigma, workers=cfg.data.workers, cache=cfg.data.cache,
+        process_index=jax.process_index(), process_count=jax.process_count(), num_styles=dspec.num_styles,
+        first_style=old, flip=cfg.data.flip)
     samples = runlog.sample_inputs(source, cfg.scale) if writer else []
     names = tuple(Path(p).stem for p in cfg.style_images) if cfg.side_by_side else ()
-    step_fn = jit_side_by_side_step(mesh) if names else jit_step(mesh)
-    return _Job(cfg, workdir, writer, mesh, net, state, names,
-                (vgg_params, grams, cfg.loss, rng, t.precision), step_fn, mngr, batches, source, samples)
+    jitted = jit_side_by_side_step if names else jit_step
+    return _Job(cfg, workdir, writer, mesh, net, state, names, inputs, lambda k: jitted(mesh, k), mngr,
+                batches, source, samples, batches.bad if batches is not None else bad)
 
 
 class _Book:
@@ -186,7 +200,7 @@ class _Book:
         rate = (step - self.n_last) * self.job.cfg.train.batch_size / max(now - self.t_last, 1e-9)
         self.t_last, self.n_last = now, step
         if self.job.writer:
-            runlog.log(self.job.workdir, step, host, rate, len(self.job.batches.bad), self.bar)
+            runlog.log(self.job.workdir, step, host, rate, len(self.job.bad), self.bar)
         self.result.last_metrics = host
 
     def save(self, step: int, state: TrainState, metrics, *, force: bool = False) -> None:
@@ -208,7 +222,8 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
       config: an ml_collections config (see configs/style.py), or a validated `schema.Config`.
       workdir: checkpoints, metrics.jsonl, config.json, samples/ and the exported model go here.
       progress: show a progress bar.
-      on_step: called after every step with (step, stop_flag); tests use it to interrupt.
+      on_step: called after every call of the step (every step unless
+        `train.steps_per_dispatch` > 1) with (step, stop_flag); tests use it to interrupt.
 
     Returns:
       TrainResult; `model_path` is None when the run was interrupted before the end.
@@ -233,8 +248,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
             job.mngr.wait_until_finished()
             job.mngr.close()
         bar.close()
-        job.batches.close()
-    result.bad_files = len(job.batches.bad)
+        if job.batches is not None:
+            job.batches.close()
+    result.bad_files = len(job.bad)
     if not result.interrupted and job.writer:
         result.last_metrics = result.last_metrics or runlog.last_metrics(workdir)  # (nothing ran now)
         result.model_paths = _export(job, result.last_metrics)
@@ -264,30 +280,33 @@ def _export(job: _Job, last_metrics: dict) -> list[Path]:
 
 def _loop(job: _Job, book: _Book, on_step) -> None:
     """Steps until `train.steps`, a signal to any process or the time limit; leaves the final state
-    in `job.state` and what happened in `book.result`."""
+    in `job.state` and what happened in `book.result`. Each jitted call runs up to
+    `train.steps_per_dispatch` steps (`dispatch.size`); everything else acts between calls."""
     t, result = job.cfg.train, book.result
     deadline = time.monotonic() + t.time_limit_s if t.time_limit_s else float("inf")
     metrics, signalled = None, False
     with _StopFlag() as stop:
-        it = job.batches.iterate(result.step)
-        for step in range(result.step + 1, t.steps + 1):
+        it = job.batches.iterate(result.step) if job.batches is not None else None
+        while result.step < t.steps:
             signalled, late = parallel.agree(stop.set, time.monotonic() > deadline)
             if signalled or late:
                 break
-            batch = parallel.global_batch(next(it), job.mesh)
-            job.state, metrics = job.step_fn(job.state, batch, *job.inputs)
+            n = dispatch.size(result.step, t)
+            job.state, stacked = job.step_fn(n)(job.state, dispatch.batches(it, n, job.mesh), job.inputs)
+            first, step = result.step + 1, result.step + n
+            metrics = dispatch.at(stacked, n, -1)
             if on_step:
                 on_step(step, stop)
             result.step = step
-            if step - 1 == book.last_saved:
-                checkpoints.check_checkpoint_loss(metrics, step, job.mngr)
+            if first - 1 == book.last_saved:  # the loss at the saved parameters (the call's first step)
+                checkpoints.check_checkpoint_loss(dispatch.at(stacked, n, 0), first, job.mngr)
             if itstime(step, t.ckpt_every, t.steps):
                 book.save(step, job.state, metrics)
             elif itstime(step, t.log_every, t.steps):
                 book.log(step, job.state, metrics)
             if job.samples and itstime(step, t.sample_every, t.steps):
                 runlog.write_samples(job.workdir, step, job.net, *_sample_variables(job))
-            book.bar.update(1)
+            book.bar.update(n)
         if metrics is not None and job.mngr.latest_step() != result.step:  # stopped early
             book.save(result.step, job.state, metrics, force=True)
     # A time limit ends the run normally (exported); a signal (to any process) leaves it to be resumed.

@@ -95,7 +95,7 @@ def brightness_term():
 
 
 def test_a_new_term_is_one_function_and_one_config_key(brightness_term, vgg_params, tmp_path):
-    from fastnst.step import jit_step
+    from fastnst.step import StepInputs, jit_step
     from tests.helpers import tiny_config, tiny_step
 
     cfg = tiny_config(tmp_path)
@@ -103,7 +103,7 @@ def test_a_new_term_is_one_function_and_one_config_key(brightness_term, vgg_para
     t = tiny_step(vgg_params, cfg)
     assert t.spec.weight("brightness") == 0.5
     pred = t.net.apply({"params": t.state.params}, t.x, train=True)
-    _, metrics = jit_step()(t.state, t.batch, vgg_params, t.grams, t.spec, None, "float32")
+    _, metrics = jit_step()(t.state, t.batch, StepInputs(vgg_params, t.grams, t.spec))
     assert set(metrics) == {"loss", "content", "style", "tv", "brightness"}
     np.testing.assert_allclose(metrics["brightness"], 0.5 * float(jnp.mean(pred)) / 255.0, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"], sum(float(metrics[k]) for k in

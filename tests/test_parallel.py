@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastnst import data, modelfile
-from fastnst.step import jit_step
+from fastnst.step import StepInputs, jit_step
 from tests.helpers import ROOT, free_port, run_cli, tiny_config, tiny_step, train_cli_args, write_photos
 
 _TWO_DEVICES = textwrap.dedent("""
@@ -50,7 +50,7 @@ _TWO_DEVICES = textwrap.dedent("""
             if len(devices) == 2:
                 assert len(batch["input"].addressable_shards) == 2
                 assert batch["input"].addressable_shards[0].data.shape == (2, 32, 32, 3)
-            state, m = step(state, batch, p, g, spec, key, "float32")
+            state, m = step(state, batch, step_.StepInputs(p, g, spec, jax.random.key_data(key)))
             losses_.append(float(m["loss"]))
         results.append(jax.device_get(state.params))
     # Same losses at every step (batch norm over the global batch, gradients all-reduced) ...
@@ -206,7 +206,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_losses(vgg_params, tmp_pa
     out = {}
     for dtype in ("float32", "bfloat16"):
         t = tiny_step(vgg_params, cfg, dtype=dtype)
-        state, m = jit_step()(t.state, t.batch, vgg_params, t.grams, t.spec, None, dtype)
+        state, m = jit_step()(t.state, t.batch, StepInputs(vgg_params, t.grams, t.spec, precision=dtype))
         assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
         assert all(np.asarray(v).dtype == np.float32 and np.isfinite(float(v)) for v in m.values())
         out[dtype] = {k: float(v) for k, v in m.items()}

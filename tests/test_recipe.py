@@ -6,6 +6,7 @@ import pytest
 
 from fastnst import losses
 from fastnst.step import (
+    StepInputs,
     create_train_state,
     jit_side_by_side_step,
     jit_step,
@@ -31,11 +32,11 @@ def test_side_by_side_step_equals_separate_steps(vgg_params, tmp_path):
     alone = []
     for s, g in zip(states, grams, strict=True):
         for _ in range(2):
-            s, m = jit_step()(s, t.batch, vgg_params, g, t.spec, None, "float32")
+            s, m = jit_step()(s, t.batch, StepInputs(vgg_params, g, t.spec))
         alone.append((s, m))
     together = jax.tree.map(lambda *x: np.stack(x), *grams)
     for _ in range(2):
-        stacked, ms = jit_side_by_side_step()(stacked, t.batch, vgg_params, together, t.spec, None, "float32")
+        stacked, ms = jit_side_by_side_step()(stacked, t.batch, StepInputs(vgg_params, together, t.spec))
     assert ms["loss"].shape == (3,)
     for i, (s, m) in enumerate(alone):
         # vmap batches the convolutions differently, so float32 sums are ordered differently:
@@ -58,8 +59,8 @@ def test_side_by_side_shares_the_content_pass(vgg_params, tmp_path):
     the M x N outputs of the networks: the content pass is not repeated per model."""
     t, states, grams = _three_models(vgg_params, tmp_path)
     together = jax.tree.map(lambda *x: np.stack(x), *grams)
-    jaxpr = jax.make_jaxpr(side_by_side_step, static_argnums=(4, 6))(
-        stack_states(states), t.batch, vgg_params, together, t.spec, None, "float32")
+    jaxpr = jax.make_jaxpr(side_by_side_step)(stack_states(states), t.batch,
+                                              StepInputs(vgg_params, together, t.spec))
     n = t.batch["target"].shape[0]
     firsts = []
 

@@ -6,7 +6,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
 from configs import sr_x4
-from fastnst import data, evaluate, images, metrics, modelfile, train
+from fastnst import augment, evaluate, images, metrics, modelfile, train
 from tests.helpers import write_photos
 
 RNG = np.random.default_rng(0)
@@ -16,12 +16,12 @@ def test_degradation_matches_numpy_reference():
     hr = RNG.uniform(0, 255, (37, 41, 3))
     ref_blur = np.stack([gaussian_filter(hr[..., c], 1.0, mode="reflect", truncate=4.0)
                          for c in range(3)], -1)
-    np.testing.assert_allclose(data.gaussian_blur(hr, 1.0), ref_blur, atol=1e-3)
-    lr = data.degrade(hr, 4)
+    np.testing.assert_allclose(augment.gaussian_blur(hr, 1.0), ref_blur, atol=1e-3)
+    lr = augment.degrade(hr, 4)
     assert lr.shape == (9, 10, 3)
     # Antialiased bicubic shrinking of a smooth field preserves local means
     smooth = np.kron(RNG.uniform(0, 255, (3, 3, 3)), np.ones((16, 16, 1)))
-    np.testing.assert_allclose(data.degrade(smooth, 4)[2::4, 2::4].mean(), smooth.mean(), rtol=0.02)
+    np.testing.assert_allclose(augment.degrade(smooth, 4)[2::4, 2::4].mean(), smooth.mean(), rtol=0.02)
 
 
 @pytest.mark.parametrize("shape,scale,sigma", [((37, 41, 3), 4, 1.0), ((288, 431, 3), 8, 1.0),
@@ -35,7 +35,7 @@ def test_degradation_as_one_matrix_per_axis_equals_blur_then_resize(shape, scale
     blurred = hr if not sigma else np.stack(
         [gaussian_filter(hr[..., c], sigma, mode="reflect", truncate=4.0) for c in range(3)], -1)
     ref = np.clip(images.resize(blurred, (shape[0] // scale, shape[1] // scale), method="bicubic"), 0, 255)
-    lr = data.degrade(hr, scale, sigma=sigma)
+    lr = augment.degrade(hr, scale, sigma=sigma)
     assert lr.shape == ref.shape and lr.dtype == np.float32
     np.testing.assert_allclose(lr, ref, atol=1e-3)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fastnst import data, modelfile, train
-from fastnst.step import jit_step
+from fastnst.step import StepInputs, jit_step
 from tests.helpers import tiny_config, tiny_step, write_photos
 
 
@@ -24,7 +24,7 @@ def test_train_step_learns_and_touches_only_the_net(vgg_params, tmp_path):
     params0 = jax.tree.map(np.array, state.params)
     history = []
     for _ in range(30):
-        state, m = jit_step()(state, batch, vgg_params, grams, spec, None, "float32")
+        state, m = jit_step()(state, batch, StepInputs(vgg_params, grams, spec))
         assert all(np.isfinite(float(v)) for v in m.values())
         history.append(float(m["loss"]))
     assert set(m) == {"loss", "content", "style", "tv"}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastnst import losses, nets, temporal
-from fastnst.step import jit_step, train_step, variables_of
+from fastnst.step import StepInputs, jit_step, train_step, variables_of
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,23 +191,26 @@ def test_shifted_stability_compares_the_same_content():
 
 
 def test_train_step_with_stability_uses_the_step_key(vgg_params, tmp_path):
-    """The perturbation of step s is drawn with fold_in(rng, s): the metric equals the term
-    evaluated with that draw, so a step key that were ignored (or not folded with the step) fails."""
+    """The perturbation of step s is drawn with the loss key of `keys.step_keys(rng, s)`: the
+    metric equals the term evaluated with that draw, so a step key that were ignored (or not folded
+    with the step) fails."""
     from tests.helpers import tiny_config, tiny_step
 
     cfg = tiny_config(tmp_path)
     cfg.loss.stability = 0.01
     t = tiny_step(vgg_params, cfg)
     with pytest.raises(ValueError, match="rng"):
-        train_step(t.state, t.batch, vgg_params, t.grams, t.spec)
+        train_step(t.state, t.batch, StepInputs(vgg_params, t.grams, t.spec))
     forward = jax.jit(functools.partial(t.net.apply, variables_of(t.state), train=True))
 
     def metric(step, key, spec=t.spec):
         state = jax.tree.map(jnp.copy, t.state).replace(step=jnp.asarray(step, jnp.int32))
-        return float(jit_step()(state, t.batch, vgg_params, t.grams, spec, key, "float32")[1]["stability"])
+        inputs = StepInputs(vgg_params, t.grams, spec, jax.random.key_data(key))
+        return float(jit_step()(state, t.batch, inputs)[1]["stability"])
 
     def expected(step, key):
-        noisy, _ = losses.perturb(t.x, jax.random.fold_in(key, step), t.spec.option("stability", "noise"))
+        loss_key = jax.random.split(jax.random.fold_in(key, step))[1]  # (keys.step_keys, written out)
+        noisy, _ = losses.perturb(t.x, loss_key, t.spec.option("stability", "noise"))
         a, b = (np.asarray(forward(v), np.float64) for v in (t.x, noisy))
         return 0.01 * np.mean((a - b) ** 2)
 

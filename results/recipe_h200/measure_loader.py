@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 
-from fastnst import data, images
+from fastnst import augment, data, images
 
 
 def two_steps(hr, scale, *, sigma=1.0):  # the degradation as it was: NumPy blur, then Pillow bicubic
     h, w = hr.shape[:2]
-    blurred = data.gaussian_blur(hr, sigma) if sigma else hr
+    blurred = augment.gaussian_blur(hr, sigma) if sigma else hr
     return np.clip(images.resize(blurred, (h // scale, w // scale), method="bicubic"), 0, 255)
 
 
@@ -31,9 +31,9 @@ def rate(sigma: float, steps: int = 150) -> float:
     return 4 * steps / (time.perf_counter() - t)
 
 
-rows, new = [], data.degrade
+rows, new = [], augment.degrade
 for name, fn in (("before: blur then resize", two_steps), ("after: one matrix per axis", new)):
-    data.degrade = fn
+    augment.degrade = fn
     rows.append({"degrade": name, "images_per_s_sigma1": round(rate(1.0), 1),
                  "images_per_s_no_blur": round(rate(0.0), 1)})
 print(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=1))
