@@ -228,3 +228,10 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, axis: int = 0) -> 
 def is_writer() -> bool:
     """Whether this process writes files (process 0)."""
     return jax.process_index() == 0
+
+
+def mesh_record(mesh) -> dict:
+    """What `config.json` records of the devices a run used."""
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device_kind": d.device_kind, "devices": jax.device_count(),
+            "processes": jax.process_count(), "axes": dict(mesh.shape)}

@@ -1,33 +1,27 @@
-"""The shipped model set as one budgeted job (`bin/recipe`), made for a briefly lent accelerator.
+"""The shipped model set as one budgeted job (`bin/recipe`), made for a GPU held for minutes.
 
 The set, as units trained one after the other (each one `train.train_and_evaluate` run):
-  * one network per style image (the_scream, starry_night, candy, mosaic by default; `--units=styles`
-    names them all), instance norm and resize-convolution like the shipped models, each its own
-    unit. With `side_by_side` they are one unit `styles` trained in one jitted step
-    (`step.side_by_side_step`: one data batch and one VGG pass of the content target for all); not
-    the default, because vmapping the step over the networks' weights makes grouped convolutions,
-    measured slower per network on both devices tried: 0.73-0.79x on this project's 2-core CPU, and
-    on an H200 in bf16 0.244 s per step for 4 against 0.0156 s for one, after 367 s of start-up
-    against 72 s (results/recipe_h200/);
+  * one network per style image (`STYLES` by default; `--units=styles` names them all), instance
+    norm and resize-convolution like the shipped models, each its own unit; with `side_by_side`,
+    one unit `styles` trained in one jitted step (`step.side_by_side_step`; not the default: measured
+    slower per network on both devices tried, README); with `multistyle`, one conditional-instance-
+    norm network (models/multistyle.msgpack, each style also baked into its own model file);
   * `sr_x4_feature`, `sr_x4_pixel`, `sr_x8_feature`, `sr_x8_pixel`: the paper's SR networks with
-    resize-convolution upsampling (transposed convolutions leave a cross-hatch);
-  * `sr_x4_bicubic`: x4 with the pixel loss on the bicubic-only degradation the SR evaluation uses.
+    resize-convolution upsampling (transposed convolutions leave a cross-hatch), and
+    `sr_x4_bicubic` (pixel loss, on the bicubic-only degradation the SR evaluation uses).
 
-Planning: every unit first runs `warmup` steps in its own workdir (compiling once; those steps count),
-which measures its start-up and step time; the style networks after the first share its measurement
-(the same program: only the style Grams differ). The rest of the budget, less the evaluation's share, is
-split so that every unit reaches the same fraction of its recipe (the paper's 40k steps for style,
-200k for SR), at most all of it; the plan is printed and written (plan.md) before training goes on.
-Each unit then resumes its workdir towards its planned steps with a time limit, so a slow unit is
-cut off, and exported, rather than eating the others' time; its card says the steps it reached.
-
-With `multistyle`, the styles are one network instead (conditional instance norm, one gamma/beta
-per style): models/multistyle.msgpack, and each style also baked into its own model file.
+Planning: every unit first runs `warmup` steps (they count), which measures its start-up and step
+time; the style networks after the first share its measurement (the same program). The rest of the
+budget, less the evaluation's share, is split so that every unit reaches the same fraction of its
+recipe (40k steps for style, 200k for SR), at most all of it; the plan is printed and written
+(plan.md) before training goes on.
+Each unit then resumes towards its planned steps with a time limit, so a slow unit is cut off, and
+exported, rather than eating the others' time; its card says the steps it reached.
 
 Outputs in `out`: runs/<unit>/ (workdirs), models/<name>.msgpack and <name>.md (model cards),
 eval/<name>/ (Fig. 5 per style, Table 2 with and without histogram matching per SR model),
-gallery.jpg, plan.md and report.md (everything, with the issue's targets checked; written by
-`recipe_report`).
+gallery.jpg, plan.md and report.md (everything, with the targets checked; written by
+`recipe_report`), and carry/ (every unit's state for the next run, `carry`).
 """
 
 from __future__ import annotations
@@ -41,10 +35,22 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from fastnst import checkpoints, data, evaluate, images, modelfile, recipe_report, runlog, schema, train
+from fastnst import (
+    carry,
+    checkpoints,
+    data,
+    evaluate,
+    images,
+    modelfile,
+    recipe_report,
+    runlog,
+    schema,
+    train,
+)
 from fastnst.errors import ConfigError
 
-STYLES = ("the_scream", "starry_night", "candy", "mosaic")
+# The four shipped so far, then two public-domain paintings (../shared/data/MANIFEST.md).
+STYLES = ("the_scream", "starry_night", "candy", "mosaic", "composition_vii", "wave")
 SR_UNITS = {  # name: (scale, loss, sr_sigma)
     "sr_x4_feature": (4, "feature", 1.0), "sr_x4_pixel": (4, "pixel", 1.0),
     "sr_x8_feature": (8, "feature", 1.0), "sr_x8_pixel": (8, "pixel", 1.0),
@@ -69,12 +75,13 @@ class Sizes:
     sr_sets: tuple[str, ...] = ("Set5", "Set14", "BSD100")
     lpips: bool = True
     eval_share: float = 0.15  # of the budget, kept for evaluation
+    steps_per_dispatch: int = 10  # train steps per jitted call (the photos live on the device)
 
 
 FULL = Sizes()
 TOY = Sizes(width=0.125, batch=2, style_crop=32, sr_crop=64, style_steps=12, sr_steps=12, warmup=3,
             holdout=2, fig5_size=48, fig5_iters=6, fig5_checkpoints=(2, 4), style_size=64, sr_sets=("Set5",),
-            lpips=False, eval_share=0.3)
+            lpips=False, eval_share=0.3, steps_per_dispatch=3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +127,10 @@ def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
 
     def common(c, crop):
         c.model.width = sizes.width
-        c.data.update(folder=str(photos), holdout=sizes.holdout, cache=True)
+        # The job's photos (the carried subset) fit on the device: decoded once, cut in the step.
+        c.data.update(folder=str(photos), holdout=sizes.holdout, cache=True, on_device=True)
         c.train.update(batch_size=sizes.batch, image_size=crop, precision=precision, sample_every=0,
+                       steps_per_dispatch=sizes.steps_per_dispatch,
                        log_every=max(1, min(50, sizes.warmup)), ckpt_every=1000, keep=2)
         return c
 
@@ -228,8 +237,11 @@ def checked_job(sizes: Sizes, *, styles: list[Path] | None, photos: str | None, 
 
 def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: list[Path] | None = None,
         photos: str | None = None, sr_root: str | None = None, multistyle: bool = False,
-        side_by_side: bool = False, only: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`)."""
+        side_by_side: bool = False, only: str | None = None, log: Callable[[str], None] = print,
+        carry_in: str | None = None, carry_out: bool = True) -> Path:
+    """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`).
+    `carry_in`: a folder of state an earlier run carried out (`carry`): its units go on from
+    there. With `carry_out`, every unit's state is packed into OUT/carry once training is over."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
     job, sr_root = checked_job(sizes, styles=styles, photos=photos, sr_root=sr_root, multistyle=multistyle,
@@ -238,6 +250,7 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     # persistent cache the compiled program is read back instead of compiled a second time.
     jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    carry.carry_in(carry_in, out / "runs", [u.name for u in job], log)  # (None: nothing carried in)
     measured = {}
     for i, u in enumerate(job):
         twin = next((v for v in job[:i] if _single_style(u) and _single_style(v)), None)
@@ -256,6 +269,9 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     log(table)
     end = t0 + budget * (1 - sizes.eval_share)  # the training part of the budget, whatever came before
     reached, cards, notes = train_units(job, out, steps, measured, end, log)
+    if carry_out:
+        notes += carry.carry_out({u.name: out / "runs" / u.name for u in job}, out / "carry", log,
+                                 recipe_steps={u.name: u.recipe_steps for u in job})
     evals = recipe_report.evaluate_models(job, out, sizes, cards, sr_root, log)
     recipe_report.gallery(job, out, cards, sizes, sr_root)
     return recipe_report.write(out, job, sizes, measured, steps, reached, cards, evals, time.monotonic() - t0,

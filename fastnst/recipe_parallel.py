@@ -8,8 +8,9 @@ at least 1.4x one process alone, while vmapping them into one step was 16x slowe
 (`XLA_PYTHON_CLIENT_MEM_FRACTION`, with preallocation off), the whole budget (they run side by
 side, not in turn) and its own folder `OUT/units/UNIT` (runs, models, evaluation, report) and log
 `OUT/units/UNIT.log`. Afterwards the models and their cards are copied into `OUT/models` and
-`OUT/report.md` lists every unit with its exit status, models and targets. Rerunning with the same
-`--out` resumes each unit, as the sequential job does.
+`OUT/report.md` lists every unit with its exit status, models and targets, and every unit's state
+is packed into `OUT/carry` (`carry`) for the next run. Rerunning with the same `--out` resumes each
+unit, as the sequential job does.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fastnst import images
+from fastnst import carry, images
 
 RECIPE = Path(__file__).resolve().parents[1] / "bin" / "recipe"
 
 
 def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: Sequence[str],
-        log: Callable[[str], None] = print, grace_s: float = 600.0) -> Path:
+        log: Callable[[str], None] = print, grace_s: float = 600.0, carry_out: bool = True,
+        recipe_steps: dict[str, int] | None = None) -> Path:
     """Runs `bin/recipe ARGV --units=NAME` for every name at once; returns OUT/report.md. `argv`
     holds the job's other options (styles, photos, sizes), passed to every process. A process still
     running `grace_s` after the budget (each one ends its training within it; its evaluation follows)
@@ -58,6 +60,8 @@ def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: S
         raise
     for name, code in codes.items():
         log(f"{name}: {'done' if code == 0 else f'exit {code}, see its log'}")
+    if carry_out:  # (each process's unit trained in OUT/units/UNIT/runs/UNIT)
+        carry.carry_out({n: out / "units" / n / "runs" / n for n in names}, out / "carry", log, recipe_steps)
     return gather(out, names, codes)
 
 

@@ -36,7 +36,7 @@ from fastnst import (
     warmstart,
     weights_io,
 )
-from fastnst.errors import ConfigError, JobError
+from fastnst.errors import ConfigError, FastnstError, JobError
 from fastnst.schema import Config
 from fastnst.step import (
     StepInputs,
@@ -112,13 +112,6 @@ class _Job:
     bad: set  # photos that could not be read (the host loader's set, or those left out up front)
 
 
-def mesh_record(mesh) -> dict:
-    """What `config.json` records of the devices a run used."""
-    d = jax.devices()[0]
-    return {"platform": d.platform, "device_kind": d.device_kind, "devices": jax.device_count(),
-            "processes": jax.process_count(), "axes": dict(mesh.shape)}
-
-
 def _setup(cfg: Config, workdir: Path) -> _Job:
     """Checks the workdir and the devices, then builds the state (restored when resuming), the
     inputs of the step and the data pipeline."""
@@ -128,13 +121,15 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
                           f"{jax.device_count()} devices of this job")
     mesh, writer = parallel.make_mesh(), parallel.is_writer()
     style_paths = cfg.style_images or ((cfg.style_image,) if cfg.loss.style_layers else ())
-    style_images = [images.load_image(p) for p in style_paths]
-    source = data.open_source(cfg.data)
+    key = "style_images" if cfg.style_images else "style_image"
+    style_images = [_named(key, lambda p=p: images.load_image(p)) for p in style_paths]
+    source = _named("data.folder" if cfg.data.source == "folder" else "data.source",
+                    lambda: data.open_source(cfg.data))
     vgg_path = vgg.resolve_weights(cfg.vgg_weights or None)
     # Every process checks the (shared) workdir, so a refusal ends all of them before the first
     # collective; only process 0 writes.
     checkpoints.prepare_workdir(workdir, {**cfg.record(), "vgg_weights_sha256": weights_io.sha256(vgg_path),
-                                          "mesh": mesh_record(mesh)}, write=writer)
+                                          "mesh": parallel.mesh_record(mesh)}, write=writer)
     vgg_params = vgg.load_params(vgg_path)
     per_style = [losses.style_targets(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
                  for im in style_images]  # [1, C, C] per layer, stacked: [S, C, C]
@@ -144,16 +139,9 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     net = nets.build(cfg.model)
     init_rng, rng = keys.run_keys(cfg.seed)  # rng: the base of every step's keys
     compute = net.clone(dtype=jnp.dtype(t.precision)) if t.precision != "float32" else net
-    if cfg.side_by_side:  # one network per style, each its own initialisation; Grams [M, 1, C, C]
+    state = _initial_state(cfg, net, compute, init_rng)
+    if cfg.side_by_side:  # Grams [M, 1, C, C]: one style per network
         grams = {k: g[:, None] for k, g in grams.items()}
-        state = stack_states([create_train_state(compute, key, lr=t.lr, scale=cfg.scale)
-                              for key in jax.random.split(init_rng, cfg.side_by_side)])
-    else:
-        variables = nets.init(net, init_rng, scale=cfg.scale)
-        if cfg.start:  # a checkpoint of this workdir, restored below, still wins
-            variables = warmstart.initial_variables(cfg.start, variables)
-        state = create_train_state(compute, init_rng, lr=t.lr, variables=variables,
-                                   labels=warmstart.trainable(cfg.start))
     sr = cfg.scale if cfg.scale > 1 else 0
     dspec = augment.DataSpec(batch_size=t.batch_size, size=t.image_size, sr_scale=sr,
                              sr_sigma=cfg.data.sr_sigma, flip=cfg.data.flip,
@@ -179,6 +167,28 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     jitted = jit_side_by_side_step if names else jit_step
     return _Job(cfg, workdir, writer, mesh, net, state, names, inputs, lambda k: jitted(mesh, k), mngr,
                 batches, source, samples, batches.bad if batches is not None else bad)
+
+
+def _initial_state(cfg: Config, net, compute, init_rng) -> TrainState:
+    """The state before any step (a checkpoint of the workdir, restored later, still wins): fresh,
+    from `init_from`, or side by side one network per style, each its own initialisation."""
+    t = cfg.train
+    if cfg.side_by_side:
+        return stack_states([create_train_state(compute, key, lr=t.lr, scale=cfg.scale)
+                             for key in jax.random.split(init_rng, cfg.side_by_side)])
+    variables = nets.init(net, init_rng, scale=cfg.scale)
+    if cfg.start:
+        variables = warmstart.initial_variables(cfg.start, variables)
+    return create_train_state(compute, init_rng, lr=t.lr, variables=variables,
+                              labels=warmstart.trainable(cfg.start))
+
+
+def _named(key: str, load: Callable):
+    """`load()`, with a missing or unreadable file reported as the config key to set."""
+    try:
+        return load()
+    except FastnstError as e:
+        raise ConfigError(f"{key}: {e} (set --config.{key})") from None
 
 
 class _Book:

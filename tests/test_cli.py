@@ -50,6 +50,12 @@ def test_user_mistakes_give_one_line_errors(tmp_path, weights_cache):
     r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path}",
              "--config.style_image=/missing.jpg")
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    assert "/missing.jpg" in r.stderr and "--config.style_image" in r.stderr  # the key to set
+    style = images.save_image(tmp_path / "style.png", np.full((40, 40, 3), 90, np.float32))
+    r = run_cli("bin/train", "--config=configs/style.py:runlocal", f"--workdir={tmp_path / 'w'}",
+                f"--config.style_image={style}", "--config.data.folder=/no/photos")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-800:]
+    assert "/no/photos" in r.stderr and "--config.data.folder" in r.stderr
     r = run_cli("bin/eval_style", "--model=starry_night", "--style=/missing.jpg", str(tmp_path / "x.png"))
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.png" in r.stderr
     assert r.stderr.strip().count("\n") == 0

@@ -98,3 +98,34 @@ def test_export_cli_errors_are_one_line(tmp_path):
             assert r.returncode == 0, r.stderr[-1000:]
     assert not out.exists()
     assert mine.read_bytes() == modelfile.resolve("the_scream").read_bytes()
+
+
+@pytest.mark.parametrize("model", [
+    {"task": "style"},  # the paper's default: batch norm, transposed convolutions, one big padding
+    {"task": "style", "norm": "instance", "upsample": "resize_conv", "padding": "reflect_same"},
+    {"task": "sr", "scale": 4},  # the paper's SR network
+], ids=["style_paper", "style_instance_reflect", "sr_x4_paper"])
+def test_onnx_matches_fastnst_for_the_papers_networks(model, tmp_path):
+    """Networks no shipped model uses, at random weights with non-trivial batch-norm statistics
+    (a running mean and variance far from 0 and 1, so a norm exported as the wrong kind fails):
+    onnxruntime gives fastnst's pixels, within the same bound as the shipped models."""
+    import jax
+
+    from fastnst import nets
+
+    config = nets.model_config({**model, "width": 0.25})
+    net = nets.build(config)
+    variables = nets.init(net, jax.random.key(3), scale=config["scale"] if config["task"] == "sr" else 1)
+    rng = np.random.default_rng(0)
+    if "batch_stats" in variables:
+        variables["batch_stats"] = jax.tree.map(
+            lambda a: rng.uniform(0.5, 2.0, a.shape).astype(np.float32), variables["batch_stats"])
+    m = modelfile.Model(config, variables, {})
+    sess = ort.InferenceSession(str(export.to_onnx(m, tmp_path / "m.onnx")),
+                                providers=["CPUExecutionProvider"])
+    for x in _inputs()[:2]:
+        x = x[:, :32, :40] if config["task"] == "sr" else x
+        ref = np.asarray(stylize.apply(m, x))
+        y = sess.run(None, {"image": x})[0]
+        assert y.shape == ref.shape and np.abs(y - ref).max() <= ONNX_MAX_DIFF
+        assert ref.std() > 1.0  # (an output that is not flat: the comparison means something)

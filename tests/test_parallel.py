@@ -58,7 +58,7 @@ _TWO_DEVICES = textwrap.dedent("""
     # ... and the same weights. Biases right before a batch norm have a zero true gradient, so Adam
     # turns float rounding into +-lr steps there; they do not change the output and are skipped.
     flat = [jax.tree_util.tree_leaves_with_path(r) for r in results]
-    for (path, x), (_, y) in zip(*flat):
+    for (path, x), (_, y) in zip(*flat, strict=True):
         if "kernel" in jax.tree_util.keystr(path) or "scale" in jax.tree_util.keystr(path):
             np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
     cfg.train.batch_size = 3

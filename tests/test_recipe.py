@@ -187,8 +187,16 @@ def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, 
             assert (out / "eval" / name / "table.md").is_file()
     import json
 
-    sigma = json.loads((out / "runs" / "sr_x4_bicubic" / "config.json").read_text())["data"]["sr_sigma"]
-    assert sigma == 0.0
+    recorded = json.loads((out / "runs" / "sr_x4_bicubic" / "config.json").read_text())
+    assert recorded["data"]["sr_sigma"] == 0.0
+    # the photos on the device and K steps per call, the way the GPU job trains
+    assert recorded["data"]["on_device"] is True and recorded["train"]["steps_per_dispatch"] == 3
+    # every unit's state carried out, and back into a fresh folder at the steps each model reached
+    from fastnst import carry
+
+    back = carry.unpack(out / "carry", tmp_path / "next")
+    assert back == {n: modelfile.load_model(out / "models" / f"{n}.msgpack").meta["steps"] for n in names}
+    assert sum(f.stat().st_size for f in (out / "carry").iterdir()) < 64 * 2**20
     report = (out / "report.md").read_text()
     assert "- unit: candy" in (out / "models" / "candy.md").read_text()  # one network per style unit
     assert "| candy |" in (out / "plan.md").read_text() and "| mosaic |" in (out / "plan.md").read_text()
@@ -269,6 +277,10 @@ def test_recipe_refuses_bad_input_in_one_line(tmp_path):
     line = one_line_error(run_cli("bin/recipe", "--budget-minutes=1", "--sr-sets=Set5,Urban100",
                                   f"--out={tmp_path}"))
     assert "--sr-sets: Urban100" in line and not list(tmp_path.iterdir())
+    assert "--budget-minutes" in one_line_error(run_cli("bin/recipe", f"--out={tmp_path}"), 2)
+    line = one_line_error(run_cli("bin/recipe", f"--models-from-carry={tmp_path / 'none'}",
+                                  f"--out={tmp_path}"))
+    assert "no carried state" in line
 
 
 def test_bench_recipe_tables(tmp_path):
@@ -337,6 +349,10 @@ def test_recipe_parallel_runs_each_unit_in_its_own_process_and_gathers_them(shar
         assert (out / "models" / f"{name}.md").is_file()
     report = (out / "report.md").read_text()
     assert "| candy | 0 | candy | units/candy/report.md |" in report
+    from fastnst import carry  # the job packs both units' state, the processes none
+
+    assert sorted(carry.unpack(out / "carry", tmp_path / "next")) == ["candy", "sr_x4_pixel"]
+    assert not (out / "units" / "candy" / "carry").exists()
     assert "- candy: network objective" in report and "- sr_x4_pixel: Set5 PSNR" in report
 
 

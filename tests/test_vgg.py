@@ -31,7 +31,8 @@ def _np_maxpool(x):
 def _np_reference(image, flat):
     x = (image / 255.0 - vgg.IMAGENET_MEAN.astype(np.float64)) / vgg.IMAGENET_STD
     out = {}
-    for name in ("conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2"):
+    for name in ("conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2", "pool", "conv3_1", "conv3_2",
+                 "conv3_3", "pool", "conv4_1", "conv4_2", "conv4_3"):
         if name == "pool":
             x = _np_maxpool(x)
             continue
@@ -43,9 +44,10 @@ def _np_reference(image, flat):
 def test_features_match_numpy_reference(vgg_params):
     flat = vgg.load_flat()
     image = np.random.default_rng(0).uniform(0, 255, (34, 38, 3))
-    ours = vgg.features(vgg_params, jnp.asarray(image[None], jnp.float32), ("relu1_2", "relu2_2"))
+    layers = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")  # every layer the losses use
+    ours = vgg.features(vgg_params, jnp.asarray(image[None], jnp.float32), layers)
     ref = _np_reference(image, flat)
-    for name in ("relu1_2", "relu2_2"):
+    for name in layers:
         got = np.asarray(ours[name][0], np.float64)
         assert got.shape == ref[name].shape
         rel = np.linalg.norm(got - ref[name]) / np.linalg.norm(ref[name])

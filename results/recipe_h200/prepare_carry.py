@@ -1,7 +1,7 @@
 """Builds the folder that travelled to the H200 (`.gpu/`, ignored by git), as it was made for this
 slot: VGG-16 as a compressed float16 .npz, 620 training photos (NumPy seed 0 from
 ../shared/data/train, shorter side 288 px, JPEG q85; the last 10 in sorted order are held out),
-the four style images, Set5, and the ml_collections wheel the GPU machine's image lacks.
+the style images (`recipe.STYLES`), Set5, and the ml_collections wheel the GPU machine's image lacks.
 
   .venv/bin/python results/recipe_h200/prepare_carry.py .gpu
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from fastnst import data, vgg
+from fastnst import data, recipe, vgg
 
 out = sys.argv[1]
 shared = data.shared_data()
@@ -36,6 +36,6 @@ for f in sorted(files[:620]):
     im = im.resize((max(288, round(w * s)), max(288, round(h * s))), Image.LANCZOS)
     im.save(f"{out}/photos/{os.path.splitext(os.path.basename(f))[0]}.jpg", "JPEG", quality=85)
 os.makedirs(f"{out}/styles", exist_ok=True)
-for name in ("the_scream", "starry_night", "candy", "mosaic"):
+for name in recipe.STYLES:  # (the four of this run, and since then two more)
     shutil.copy(shared / "styles" / f"{name}.jpg", f"{out}/styles/")
 shutil.copytree(shared / "sr" / "Set5", f"{out}/sr/Set5", dirs_exist_ok=True)
