@@ -38,6 +38,7 @@ import numpy as np
 from fastnst import (
     carry,
     checkpoints,
+    compcache,
     data,
     evaluate,
     images,
@@ -248,8 +249,7 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
                                side_by_side=side_by_side, only=only)
     # Each unit's run after its warm-up builds its network anew, which retraces the step: with a
     # persistent cache the compiled program is read back instead of compiled a second time.
-    jax.config.update("jax_compilation_cache_dir", str(out / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    compcache.use(out / "jax_cache")
     carry.carry_in(carry_in, out / "runs", [u.name for u in job], log)  # (None: nothing carried in)
     measured = {}
     for i, u in enumerate(job):

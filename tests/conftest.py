@@ -6,6 +6,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from fastnst import compcache
+
 # Test graphs are tiny: compile time dominates, so skip most XLA optimisation passes, here and
 # (through the environment) in the CLIs the tests start, so both compile the same programs
 # (measured: a train-then-stylize CLI test 94 -> 53 s).
@@ -18,11 +20,11 @@ jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST
 # compiled before, so results are the same bits; the key covers the program, the XLA flags and the
 # jax version. Set JAX_COMPILATION_CACHE_DIR to use another folder.
 _ROOT = Path(__file__).resolve().parents[1]
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+# Two workers (and the CLIs they start) share it, so it is used with JAX's file lock on
+# (`compcache`): without it a reader can load an entry another process is still writing and abort.
+compcache.use(os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_ROOT / ".jax_cache")),
+              min_compile_s=float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")),
+              environ=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -54,3 +54,19 @@ def test_modules_and_functions_stay_small_or_say_why():
                 reason = lines[first - 2].lstrip().startswith("# (Long:") or any(
                     ln.lstrip().startswith("# (Long:") for ln in lines[max(0, first - 4): first - 1])
                 assert n <= FUNCTION_LINES or reason, f"{path.name}:{node.name} is {n} lines with no reason"
+
+
+def test_the_shared_compilation_cache_is_locked(tmp_path):
+    """The suite's compilation cache is shared by two workers and the CLIs they start: JAX locks
+    it only with a size limit set (`compcache`), and then leaves its lock file beside the entries.
+    A subprocess with the suite's environment compiles one program into a fresh cache folder."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+    assert int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # (set by conftest, inherited by CLIs)
+    code = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(3)).block_until_ready()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
