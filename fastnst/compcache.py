@@ -1,11 +1,11 @@
 """JAX's persistent compilation cache, safe to share between processes.
 
 Without a size limit JAX writes each cache entry with a plain `write_bytes` and reads entries with
-no lock, so a process that reads an entry another process is still writing gets a truncated
-executable and aborts deserializing it ("Fatal Python error: Aborted" in
-`compilation_cache.get_executable_and_time`, seen in the test suite's two workers). With a limit,
-JAX takes a file lock (`filelock`) around every read and write. So every place that shares a cache
-(the tests and the CLIs they start, `bin/recipe --parallel`'s processes) sets one here.
+no lock (jax/_src/lru_cache.py), so a process can read a truncated entry that another process is
+still writing. With a limit, JAX takes a file lock (`filelock`) around every read and write. So
+every place that shares a cache (the tests and the CLIs they start, `bin/recipe --parallel`'s
+processes) sets one here. (A crash loading one cached program in the test suite, seen with the
+lock on as well, is another matter and still open: docs/testing.md.)
 """
 
 from __future__ import annotations
