@@ -99,13 +99,13 @@ def throughput(loss, task: str = "style", *, batches=(4, 16), size: int = 256, v
     init, run = keys.run_keys(0)
     rule = flops.rule_of_thumb(net, nets.init(net, init, scale=scale), size, scale, vgg_params,
                                spec.content_layers, spec.vgg_layers)["per_image"]
+    shared = parallel.replicate((vgg_params, grams, jax.random.key_data(run),
+                                 augment.pack(pics, keys.order_key(0))), mesh)  # (the same for every batch)
     rows = []
     for b in batches:
         dspec = augment.DataSpec(batch_size=b, size=size, sr_scale=scale if scale > 1 else 0)
-        state = create_train_state(compute, init, lr=1e-3, scale=scale)
-        state, vp, g, r, im = parallel.replicate(
-            (state, vgg_params, grams, jax.random.key_data(run), augment.pack(pics, keys.order_key(0))), mesh)
-        inputs = StepInputs(vp, g, spec, r, precision, im, dspec)
+        state = parallel.replicate(create_train_state(compute, init, lr=1e-3, scale=scale), mesh)
+        inputs = StepInputs(shared[0], shared[1], spec, shared[2], precision, shared[3], dspec)
         traced = flops.jaxpr_flops(train_step, state, {}, inputs)
         t = _time_step(state, inputs, mesh, steps_per_call, calls)  # (donates `state`)
         dt, xla = t["call_s"], t["xla_flops"]
