@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,6 +274,24 @@ def builtin_photos(dst: str | os.PathLike) -> Path:
     for name in _SKIMAGE_PHOTOS:
         if (src / name).is_file() and not (dst / name).is_file():
             images.atomic_write_bytes(dst / name, (src / name).read_bytes())
+    return dst
+
+
+def photo_subset(folder: str | Path, dst: Path, n: int, holdout: int) -> Path:
+    """A folder `dst` of links to the first `n` training photos of `folder` and its `holdout`
+    held-out ones, in the same order (`data.FolderSource`); made once, then reused."""
+    if dst.is_dir():
+        return dst
+    files = images.list_images(folder)
+    if len(files) <= holdout:
+        raise FastnstError(f"{folder}: found {len(files)} images, need more than {holdout}")
+    keep = files[: min(n, len(files) - holdout)] + files[len(files) - holdout:]
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, f in enumerate(keep):
+        (tmp / f"{i:05d}_{f.name}").symlink_to(Path(f).resolve())
+    tmp.rename(dst)
     return dst
 
 

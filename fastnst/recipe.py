@@ -14,14 +14,13 @@ Planning: every unit first runs `warmup` steps (they count), which measures its 
 time; the style networks after the first share its measurement (the same program). The rest of the
 budget, less the evaluation's share, is split so that every unit reaches the same fraction of its
 recipe (40k steps for style, 200k for SR), at most all of it; the plan is printed and written
-(plan.md) before training goes on.
-Each unit then resumes towards its planned steps with a time limit, so a slow unit is cut off, and
-exported, rather than eating the others' time; its card says the steps it reached.
+(plan.md) before training goes on. Each unit then resumes towards its planned steps with a time
+limit, so a slow unit is cut off and exported rather than eating the others' time (its card says).
 
 Outputs in `out`: runs/<unit>/ (workdirs), models/<name>.msgpack and <name>.md (model cards),
 eval/<name>/ (Fig. 5 per style, Table 2 with and without histogram matching per SR model),
-gallery.jpg, plan.md and report.md (everything, with the targets checked; written by
-`recipe_report`), and carry/ (every unit's state for the next run, `carry`).
+gallery.jpg, plan.md and report.md (everything, with the targets checked; `recipe_report`), and
+carry/ (every unit's state for the next run, `carry`).
 """
 
 from __future__ import annotations
@@ -77,11 +76,12 @@ class Sizes:
     lpips: bool = True
     eval_share: float = 0.15  # of the budget, kept for evaluation
     steps_per_dispatch: int = 10  # train steps per jitted call (the photos live on the device)
+    photos: int = 0  # train on the first N photos only (0: all), the held-out ones kept as they are
 
 
 FULL = Sizes()
-TOY = Sizes(width=0.125, batch=2, style_crop=32, sr_crop=64, style_steps=12, sr_steps=12, warmup=3,
-            holdout=2, fig5_size=48, fig5_iters=6, fig5_checkpoints=(2, 4), style_size=64, sr_sets=("Set5",),
+TOY = Sizes(width=0.125, batch=2, style_crop=32, sr_crop=64, style_steps=12, sr_steps=12, warmup=3, holdout=2,
+            photos=24, fig5_size=48, fig5_iters=6, fig5_checkpoints=(2, 4), style_size=64, sr_sets=("Set5",),
             lpips=False, eval_share=0.3, steps_per_dispatch=3)
 
 
@@ -245,6 +245,9 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
     there. With `carry_out`, every unit's state is packed into OUT/carry once training is over."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
+    if sizes.photos:  # (the dry run: an SR unit would otherwise hold every photo at full size)
+        photos = str(data.photo_subset(photos or data.shared_data() / "train", out / "photos",
+                                       sizes.photos, sizes.holdout))
     job, sr_root = checked_job(sizes, styles=styles, photos=photos, sr_root=sr_root, multistyle=multistyle,
                                side_by_side=side_by_side, only=only)
     # Each unit's run after its warm-up builds its network anew, which retraces the step: with a

@@ -3,6 +3,7 @@ cycle (each data hop goes one way), and no module or function grows past its lim
 reason written beside it."""
 
 import ast
+import os
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "fastnst"
@@ -57,16 +58,16 @@ def test_modules_and_functions_stay_small_or_say_why():
 
 
 def test_the_shared_compilation_cache_is_locked(tmp_path):
-    """The suite's compilation cache is shared by two workers and the CLIs they start: JAX locks
-    it only with a size limit set (`compcache`), and then leaves its lock file beside the entries.
-    A subprocess with the suite's environment compiles one program into a fresh cache folder."""
-    import os
+    """A cache that several processes share (`bin/recipe --parallel`, FASTNST_TEST_CACHE) is used
+    through `compcache`: JAX locks it only with a size limit set, and then leaves its lock file
+    beside the entries. A subprocess turns it on as the recipe does and compiles one program."""
     import subprocess
     import sys
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
-    assert int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # (set by conftest, inherited by CLIs)
-    code = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(3)).block_until_ready()"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    code = ("import sys, jax, jax.numpy as jnp; from fastnst import compcache; "
+            "compcache.use(sys.argv[1], min_compile_s=0.0); "
+            "jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(3)).block_until_ready()")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})
     names = {p.name for p in tmp_path.iterdir()}
     assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
