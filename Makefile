@@ -23,16 +23,16 @@ demo: $(STAMP)
 
 # The full suite, slow tests included (CI: .ci/run).
 test: $(STAMP)
-	$(PY) -m ruff check fastnst bin configs tests
+	$(PY) -m ruff check fastnst bin tests
 	$(PYTEST)
 
 # The developer's loop: everything but the tests marked `slow` (notebook, kill -9, subprocess runs).
 test-fast: $(STAMP)
-	$(PY) -m ruff check fastnst bin configs tests
+	$(PY) -m ruff check fastnst bin tests
 	$(PYTEST) -m 'not slow'
 
 lint: $(STAMP)
-	$(PY) -m ruff check fastnst bin configs tests
+	$(PY) -m ruff check fastnst bin tests
 
 # Refresh the lock: resolve the newest versions pyproject.toml admits in a throw-away venv, freeze
 # them into constraints.txt; then run `make test` and commit the lock if it passes.

@@ -167,7 +167,7 @@ def peer(task: str, peer_path: str, **kwargs) -> dict | None:
 def run(loss: Mapping, *, quick: int = 0, sizes=(256, 512, 1024), repeats: int = 3,
         peer_path: str | None = None, train_repeats: int = 5, onnx: bool = False) -> dict:
     """Everything `bin/bench` reports, as one JSON-able dict; `loss` is the style objective's
-    `config.loss` block (bin/bench takes it from configs/style.py)."""
+    `config.loss` block (bin/bench takes it from fastnst.configs/style.py)."""
     spec = losses.LossSpec.from_config(loss)
     vgg_params = vgg.load_params()
     res = {"device": device_info(), "quick": quick, "table1": table1(
@@ -270,7 +270,9 @@ def onnx_vs_fastnst(model_name: str = "the_scream", size: int = 512, repeats: in
     onnxruntime is faster)."""
     import tempfile
 
-    import onnxruntime as ort
+    from fastnst.errors import need
+
+    ort = need("onnxruntime", "deploy", "the ONNX benchmark")
 
     from fastnst import export, modelfile, stylize
 

@@ -25,13 +25,14 @@ import numpy as np
 
 from fastnst import augment, images, keys
 from fastnst.errors import FastnstError, ImageError
+from fastnst.paths import shared_data  # noqa: F401 (data.shared_data, as callers know it)
 
 
 class FolderSource:
     """Every image under a folder (recursive; jpg, jpeg, png, webp, bmp), sorted by path."""
 
-    def __init__(self, root: str | os.PathLike, *, holdout: int = 0):
-        files = images.list_images(root)
+    def __init__(self, root: str | os.PathLike, *, holdout: int = 0, files: list | None = None):
+        files = images.list_images(root) if files is None else files
         if len(files) <= holdout:
             raise FastnstError(f"{root}: found {len(files)} images, need more than {holdout}")
         # The last `holdout` files (in sorted order) are never trained on: they are the samples.
@@ -60,11 +61,9 @@ class TfdsSource:
 
     def __init__(self, name: str = "coco/2014", split: str = "train", *, holdout: int = 0,
                  data_dir: str | None = None):
-        try:
-            import tensorflow_datasets as tfds
-        except ImportError:
-            raise FastnstError("the COCO source needs tensorflow-datasets: "
-                               "pip install 'fastnst[tfds]'") from None
+        from fastnst.errors import need
+
+        tfds = need("tensorflow_datasets", "tfds", "the COCO source (tensorflow-datasets)")
         try:
             self._ds = tfds.data_source(name, split=split, data_dir=data_dir or None,
                                         builder_kwargs={"file_format": "array_record"})
@@ -113,13 +112,15 @@ class SyntheticSource:
         return f"{self.name}[{i}]"
 
 
-SOURCES = ("folder", "tfds", "synthetic")  # config.data.source (schema.validate checks it)
+SOURCES = ("folder", "bundled", "tfds", "synthetic")  # config.data.source (schema.validate checks it)
 
 
 def open_source(data) -> FolderSource | TfdsSource:
     """The source named by a validated `config.data` block (`schema.DataConfig`)."""
     if data.source == "folder":
         return FolderSource(data.folder, holdout=data.holdout)
+    if data.source == "bundled":
+        return bundled_source(holdout=data.holdout)
     if data.source == "synthetic":
         return SyntheticSource(holdout=data.holdout)
     return TfdsSource(data.tfds_name, holdout=data.holdout, data_dir=data.tfds_data_dir or None)
@@ -260,6 +261,13 @@ _SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "
                    "hubble_deep_field.jpg", "retina.jpg", "color.png")
 
 
+def bundled_source(*, holdout: int = 1) -> FolderSource:
+    """The colour photos scikit-image ships in its wheel (`data.source=bundled`): training with no
+    photo folder at all, e.g. from an installed fastnst. Eight photos; the last `holdout` held out."""
+    files = [sample_photo(n) for n in _SKIMAGE_PHOTOS]
+    return FolderSource("scikit-image's photos", holdout=holdout, files=[f for f in files if f.is_file()])
+
+
 def builtin_photos(dst: str | os.PathLike) -> Path:
     """Copies the colour sample photos bundled with scikit-image into `dst` (a fallback
     training folder for machines without a photo collection)."""
@@ -293,12 +301,6 @@ def photo_subset(folder: str | Path, dst: Path, n: int, holdout: int) -> Path:
         (tmp / f"{i:05d}_{f.name}").symlink_to(Path(f).resolve())
     tmp.rename(dst)
     return dst
-
-
-def shared_data() -> Path:
-    """The shared data folder of a clone (`../shared/data`), or `$FASTNST_SHARED_DATA`."""
-    env = os.environ.get("FASTNST_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def sample_photo(name: str) -> Path:

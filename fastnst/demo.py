@@ -34,7 +34,7 @@ def shipped_gallery(photo: str | os.PathLike, workdir: str | os.PathLike, *, max
 def small_style_config(style: str, photos_dir: str | os.PathLike, steps: int | None = None):
     """`configs/style.py:runlocal` pointed at the photos and style image this machine has
     (bundled photos are copied into `photos_dir` when there is no shared training folder)."""
-    from configs import style as style_config
+    from fastnst.configs import style as style_config
 
     cfg = style_config.get_config(f"runlocal,style={style}")
     folder, holdout = data.training_folder(photos_dir)
@@ -49,7 +49,7 @@ def small_style_config(style: str, photos_dir: str | os.PathLike, steps: int | N
 def small_multistyle_config(names: list[str], photos_dir: str | os.PathLike, steps: int | None = None):
     """`configs/multistyle.py:runlocal` for the styles `names`, pointed at this machine's photos and
     style images (bundled photos stand in for style images the machine lacks)."""
-    from configs import multistyle
+    from fastnst.configs import multistyle
 
     cfg = multistyle.get_config(f"runlocal,styles={'+'.join(names)}")
     folder, holdout = data.training_folder(photos_dir)

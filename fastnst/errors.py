@@ -34,3 +34,24 @@ class JobError(FastnstError):
     The `bin/` scripts print the message and exit at once, without the interpreter's shutdown:
     JAX's shutdown would wait (and then abort with a native stack trace) for the lost process.
     """
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs fastnst's optional `extra`, for how this fastnst was installed:
+    from a clone (editable, or on sys.path) the clone's path, else the package from the index."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file():
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install 'fastnst[{extra}]'"
+
+
+def need(module: str, extra: str, what: str):
+    """`import module`, or a FastnstError naming the extra that provides it and its install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise FastnstError(f"{what} needs the {extra!r} extra: {install_hint(extra)}") from None

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnst import __version__, nets
-from fastnst.errors import FastnstError
+from fastnst.errors import FastnstError, need
 from fastnst.images import atomic_write_bytes
 from fastnst.modelfile import Model
 
@@ -128,7 +128,7 @@ def _up(g: _Graph, x, kind: str, p, *, edge_pad: bool):
 # two can be read side by side.)
 def onnx_graph(model: Model, *, dtype: str = "float32"):
     """The model as an `onnx.ModelProto` (see the module docstring for its conventions)."""
-    import onnx
+    onnx = need("onnx", "deploy", "ONNX export")
     from onnx import TensorProto, helper
 
     if dtype not in ("float32", "float16"):

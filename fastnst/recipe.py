@@ -123,8 +123,8 @@ def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
     """The shipped set at `sizes`: one unit per style network (`side_by_side`: all in one unit and
     one vmapped step; `multistyle`: one network holding every style, conditional instance norm),
     then the SR models."""
-    from configs import sr_x4
-    from configs import style as style_config
+    from fastnst.configs import sr_x4
+    from fastnst.configs import style as style_config
 
     def common(c, crop):
         c.model.width = sizes.width
@@ -250,8 +250,7 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
                                        sizes.photos, sizes.holdout))
     job, sr_root = checked_job(sizes, styles=styles, photos=photos, sr_root=sr_root, multistyle=multistyle,
                                side_by_side=side_by_side, only=only)
-    # Each unit's run after its warm-up builds its network anew, which retraces the step: with a
-    # persistent cache the compiled program is read back instead of compiled a second time.
+    # A unit's run after its warm-up retraces the step: the persistent cache reads the program back.
     compcache.use(out / "jax_cache")
     carry.carry_in(carry_in, out / "runs", [u.name for u in job], log)  # (None: nothing carried in)
     measured = {}

@@ -24,26 +24,26 @@ from pathlib import Path
 
 from fastnst import carry, images
 
-RECIPE = Path(__file__).resolve().parents[1] / "bin" / "recipe"
-
 
 def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: Sequence[str],
         log: Callable[[str], None] = print, grace_s: float = 600.0, carry_out: bool = True,
         recipe_steps: dict[str, int] | None = None) -> Path:
-    """Runs `bin/recipe ARGV --units=NAME` for every name at once; returns OUT/report.md. `argv`
+    """Runs `fastnst recipe ARGV --units=NAME` for every name at once; returns OUT/report.md. `argv`
     holds the job's other options (styles, photos, sizes), passed to every process. A process still
     running `grace_s` after the budget (each one ends its training within it; its evaluation follows)
     is stopped like Ctrl-C stops it, so that one hung process cannot keep the job waiting forever."""
     out = Path(out)
     (out / "units").mkdir(parents=True, exist_ok=True)
+    here = str(Path(__file__).resolve().parents[1])  # (this fastnst, installed or from a clone)
     env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-           "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / len(names):.3f}"}
+           "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / len(names):.3f}",
+           "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
     procs = []
     try:
         for name in names:
             with open(out / "units" / f"{name}.log", "ab") as logf:  # the child keeps its own descriptor
-                cmd = [sys.executable, str(RECIPE), *argv, f"--units={name}", f"--out={out / 'units' / name}",
-                       f"--budget-minutes={budget_minutes}"]
+                cmd = [sys.executable, "-m", "fastnst", "recipe", *argv, f"--units={name}",
+                       f"--out={out / 'units' / name}", f"--budget-minutes={budget_minutes}"]
                 procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)))
         log(f"{len(procs)} units running at once (logs: {out / 'units'}/UNIT.log)")
         deadline = time.monotonic() + budget_minutes * 60 + grace_s

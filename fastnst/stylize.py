@@ -152,6 +152,9 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
             kind = "video" if single_video else "image"
             raise FastnstError(f"--out {out}: unsupported {kind} type {out.suffix!r} "
                                f"(use {', '.join(allowed)}, or a folder)")
+        missing = [str(i) for i in inputs if not Path(i).exists()]
+        if len(inputs) == 1 and missing:
+            raise FastnstError(f"{missing[0]}: no such file or folder")
         if not single_file:
             raise FastnstError(f"--out {out} is a file name, but the inputs are several images or a "
                                "folder: give a folder")

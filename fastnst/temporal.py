@@ -20,13 +20,9 @@ import numpy as np
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        from fastnst.errors import FastnstError
+    from fastnst.errors import need
 
-        raise FastnstError("optical flow needs OpenCV: pip install 'fastnst[video]'") from None
-    return cv2
+    return need("cv2", "video", "optical flow (OpenCV)")
 
 
 def _motion(kind: str, t: int, h: int, w: int, speed: float) -> np.ndarray:

@@ -188,7 +188,8 @@ def _named(key: str, load: Callable):
     try:
         return load()
     except FastnstError as e:
-        raise ConfigError(f"{key}: {e} (set --config.{key})") from None
+        hint = ", or --config.data.source=bundled for scikit-image's photos" if key == "data.folder" else ""
+        raise ConfigError(f"{key}: {e} (set --config.{key}{hint})") from None
 
 
 class _Book:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fastnst import images
-from fastnst.errors import FastnstError, ImageError
+from fastnst.errors import FastnstError, ImageError, need
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 _CODECS = {".mp4": ("libx264", "yuv420p"), ".mov": ("libx264", "yuv420p"), ".mkv": ("libx264", "yuv420p"),
@@ -70,11 +70,7 @@ class VideoResult:
 
 
 def _av():
-    try:
-        import av
-    except ImportError:
-        raise FastnstError("video needs PyAV: pip install 'fastnst[video]'") from None
-    return av
+    return need("av", "video", "video (PyAV)")
 
 
 def _upright(frame, arr: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import style as style_config
 from fastnst import images, losses, nets
+from fastnst.configs import style as style_config
 from fastnst.step import create_train_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,8 +64,8 @@ def _photos(size: int = 256) -> dict:
 
 def _losses(model, style: str, photos: dict, vgg_params) -> dict:
     """Mean weighted content and style loss (configs/style.py weights) of the model's outputs."""
-    from configs import style as style_config
     from fastnst import images, losses, stylize, vgg
+    from fastnst.configs import style as style_config
 
     spec = losses.LossSpec.from_config(style_config.get_config().loss)
     grams = losses.style_targets(vgg_params, images.load_image(f"{style_config.STYLES}/{style}.jpg"),

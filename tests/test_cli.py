@@ -59,3 +59,45 @@ def test_user_mistakes_give_one_line_errors(tmp_path, weights_cache):
     r = run_cli("bin/eval_style", "--model=starry_night", "--style=/missing.jpg", str(tmp_path / "x.png"))
     assert r.returncode == 1 and r.stderr.strip().startswith("error:") and "x.png" in r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+def test_what_a_new_user_meets_first_is_one_right_line(tmp_path, weights_cache):
+    """The mistakes of a first hour, each one line naming the real problem, non-zero exit."""
+    from tests.helpers import one_line_error
+
+    line = one_line_error(run_cli("-m", "fastnst", "stylise", "x.jpg"), 2)
+    assert "no program 'stylise'" in line and "stylize" in line
+    line = one_line_error(run_cli("bin/stylize", "--model=the_scream", tmp_path / "missing.jpg",
+                                  f"--out={tmp_path / 'o.png'}"))
+    assert line == f"error: {tmp_path / 'missing.jpg'}: no such file or folder"
+    line = one_line_error(run_cli("bin/train", "--config=style:runlocal", f"--workdir={tmp_path}",
+                                  "--config.trian.steps=3"), 2)
+    assert "'trian'" in line and 'Did you mean "train"' in line and "\\" not in line  # no escaped quotes
+    line = one_line_error(run_cli("bin/train", "--config=stlye", f"--workdir={tmp_path}"), 2)
+    assert "no config 'stlye'" in line and "style, multistyle, sr_x4, sr_x8" in line
+    line = one_line_error(run_cli("bin/train", "--config=style:runlocal", f"--workdir={tmp_path}",
+                                  "--config.data.folder=/no/photos",
+                                  f"--config.style_image={tmp_path / 'missing.jpg'}"))
+    assert "--config.style_image" in line
+    # an optional extra that is missing: named, with the install command for a clone
+    code = ("import sys; sys.modules['onnx'] = None; from fastnst.__main__ import main; "
+            f"sys.exit(main(['export', '--model=the_scream', '--format=onnx', '--out={tmp_path}/m.onnx']))")
+    line = one_line_error(run_cli("-c", code))
+    assert "ONNX export needs the 'deploy' extra: pip install -e '" in line and "[deploy]'" in line
+    r = run_cli("bin/train", "--help")
+    assert r.returncode == 0 and "--config" in r.stdout and "sr_x4" in r.stdout, r.stderr[-500:]
+    r = run_cli("-m", "fastnst", "--help")
+    assert r.returncode == 0 and all(f"  {p} " in r.stdout for p in ("stylize", "train", "eval_sr"))
+    r = run_cli("bin/train", "--config=sr_x4:runlocal", "--config.train.steps=7", "--print_config")
+    assert r.returncode == 0 and "steps: 7" in r.stdout and "task: sr" in r.stdout, r.stderr[-500:]
+
+
+def test_packaged_configs_resolve_by_name_or_path(tmp_path):
+    from fastnst import configs
+
+    assert configs.resolve("style:runlocal") == f"{configs.HERE / 'style'}.py:runlocal"
+    assert configs.resolve("sr_x8") == f"{configs.HERE / 'sr_x8'}.py"
+    assert configs.resolve("configs/style.py:runlocal") == "configs/style.py:runlocal"  # a path stays
+    assert (Path(__file__).parents[1] / "configs" / "style.py").resolve() == configs.HERE / "style.py"
+    with pytest.raises(ValueError, match="no config 'nope'"):
+        configs.resolve("nope")

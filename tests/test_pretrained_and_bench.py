@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from configs import style as style_config
 from fastnst import bench, evaluate, gatys, losses, modelfile, stylize
+from fastnst.configs import style as style_config
 from fastnst.errors import WeightsError
 
 SPEC = losses.LossSpec.from_config(style_config.get_config().loss)  # the shipped models' objective

@@ -286,8 +286,8 @@ def test_recipe_refuses_bad_input_in_one_line(tmp_path):
 def test_bench_recipe_tables(tmp_path):
     """bin/bench --recipe's two tables at toy sizes: the side-by-side steps go through the training
     loop (one row per network count), the loader reads the folder twice (first pass, cached)."""
-    from configs import style as style_config
     from fastnst import bench_train
+    from fastnst.configs import style as style_config
     from tests.helpers import write_photos
 
     tiny = {"norm": "instance", "upsample": "resize_conv", "padding": "paper", "width": 0.125}

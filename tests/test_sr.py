@@ -5,8 +5,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from configs import sr_x4
 from fastnst import augment, evaluate, images, metrics, modelfile, train
+from fastnst.configs import sr_x4
 from tests.helpers import write_photos
 
 RNG = np.random.default_rng(0)

@@ -11,23 +11,31 @@ MODULE_LINES = 350
 FUNCTION_LINES = 60
 
 
+def _name(path: Path) -> str:
+    """A module's dotted name inside the package (`cli.train`; a package is its folder's name)."""
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in PKG.rglob("*.py") if p != PKG / "__init__.py"}
+
+
 def _imports(path: Path) -> set[str]:
     """The fastnst modules `path` imports, at module level or inside functions."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fastnst"):
-            if node.module == "fastnst":
-                out.update(a.name for a in node.names)
-            else:
-                out.add(node.module.split(".")[1])
+            base = node.module.removeprefix("fastnst").removeprefix(".")
+            out.update(f"{base}.{a.name}".lstrip(".") for a in node.names)  # a module or a name in one
+            out.add(base)
         elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("fastnst."))
-    return out
+            out.update(a.name.removeprefix("fastnst.") for a in node.names if a.name.startswith("fastnst."))
+    return {m for m in out if m in MODULES}
 
 
 def test_the_import_graph_has_no_cycle():
-    modules = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
-    graph = {m: _imports(PKG / f"{m}.py") & modules - {m} for m in modules}
+    modules = set(MODULES)
+    graph = {m: _imports(MODULES[m]) - {m} for m in modules}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
 
     def visit(m, path):
@@ -45,7 +53,7 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_modules_and_functions_stay_small_or_say_why():
-    for path in sorted(PKG.glob("*.py")):
+    for path in sorted(PKG.rglob("*.py")):
         lines = path.read_text().splitlines()
         assert len(lines) <= MODULE_LINES, f"{path.name}: {len(lines)} lines"
         for node in ast.walk(ast.parse("\n".join(lines))):
@@ -71,3 +79,19 @@ def test_the_shared_compilation_cache_is_locked(tmp_path):
                    env={**os.environ, "JAX_PLATFORMS": "cpu"})
     names = {p.name for p in tmp_path.iterdir()}
     assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
+
+
+def test_bin_scripts_are_wrappers_and_configs_stand_apart():
+    """Each program lives in fastnst/cli/ (installed as `fastnst PROGRAM`); bin/ only forwards to
+    it from a clone. The configs, shipped in the package, import no library module but `paths`."""
+    from fastnst.__main__ import PROGRAMS
+
+    bins = sorted(p.name for p in (PKG.parent / "bin").iterdir())
+    programs = sorted(p.stem for p in (PKG / "cli").glob("*.py") if p.stem != "__init__")
+    assert bins == sorted(PROGRAMS) == programs
+    for name in bins:
+        code = [ln for ln in (PKG.parent / "bin" / name).read_text().splitlines() if ln.strip()]
+        assert len(code) <= 8 and f'main(["{name}"' in code[-1], name
+    for name, path in MODULES.items():
+        if name.startswith("configs"):
+            assert {m for m in _imports(path) if not m.startswith("configs")} <= {"paths"}, name

@@ -2,7 +2,7 @@
 L-BFGS curves read from the GPU run's results.json (same photos, same objective)."""
 import json, sys
 import numpy as np, jax, jax.numpy as jnp
-from configs import style as style_config
+from fastnst.configs import style as style_config
 from fastnst import evaluate, gatys, images, losses, stylize, vgg
 spec = losses.LossSpec.from_config(style_config.get_config().loss)
 params = vgg.load_params()

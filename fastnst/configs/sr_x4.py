@@ -13,7 +13,8 @@ normalised by C*H*W) suppresses the feature loss's high-frequency artefacts.
 
 import ml_collections
 
-from configs.common import parse_arg
+from fastnst.configs.common import parse_arg
+from fastnst.paths import shared_data
 
 
 def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigDict:
@@ -27,7 +28,8 @@ def get_config(arg: str | None = None, scale: int = 4) -> ml_collections.ConfigD
     c.model = ml_collections.ConfigDict(dict(
         task="sr", scale=scale, norm="batch", upsample="transpose", padding="paper", width=1.0))
     c.data = ml_collections.ConfigDict(dict(
-        source="folder", folder="../shared/data/train", tfds_name="coco/2014", tfds_data_dir="", holdout=4,
+        source="folder", folder=str(shared_data() / "train"), tfds_name="coco/2014", tfds_data_dir="",
+        holdout=4,
         workers=4, sr_sigma=1.0, cache=False,
         # on_device: decode every photo once into one uint8 array on the device and cut the crops
         # inside the step (for data that fits: the bundled photos, a carried subset); flip: mirror

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from configs import sr_x4
+from fastnst.configs import sr_x4
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

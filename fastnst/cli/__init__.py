@@ -234,5 +234,7 @@ def absl_flags_parser(argv):
         msg = lines[0].rstrip(":") + (f": {lines[-1]}" if len(lines) > 1 else "")
         print(f"error: {msg}", file=sys.stderr)
     except (AttributeError, KeyError, ValueError, TypeError) as e:
-        print(f"error: bad --config value or key: {e}", file=sys.stderr)
+        text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)  # (a KeyError's str is a repr)
+        text = "; ".join(t.strip() for t in text.splitlines() if t.strip())
+        print(f"error: bad --config value or key: {text}", file=sys.stderr)
     sys.exit(2)

@@ -20,8 +20,8 @@ which the multi-style network needs). `runlocal` as there: half width, 128 px cr
 
 import ml_collections
 
-from configs import style
-from configs.common import parse_arg
+from fastnst.configs import style
+from fastnst.configs.common import parse_arg
 
 DEFAULT_STYLES = "candy+udnie+mosaic+la_muse"
 

@@ -26,9 +26,10 @@ last step; rerunning resumes towards `steps`.
 
 import ml_collections
 
-from configs.common import parse_arg
+from fastnst.configs.common import parse_arg
+from fastnst.paths import shared_data
 
-STYLES = "../shared/data/styles"
+STYLES = str(shared_data() / "styles")  # (the clone's shared data, from any working directory)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         task="style", scale=1, norm="batch", upsample="transpose", padding="paper", width=1.0))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="folder", folder="../shared/data/train", tfds_name="coco/2014", tfds_data_dir="", holdout=4,
+        source="folder", folder=str(shared_data() / "train"), tfds_name="coco/2014", tfds_data_dir="",
+        holdout=4,
         workers=4, sr_sigma=1.0, cache=False,
         # on_device: decode every photo once into one uint8 array on the device and cut the crops
         # inside the step (for data that fits: the bundled photos, a carried subset); flip: mirror
