@@ -24,6 +24,8 @@ from pathlib import Path
 
 from fastnst import carry, images
 
+COMMAND = ("-m", "fastnst", "recipe")  # what each unit's process runs, after the interpreter
+
 
 def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: Sequence[str],
         log: Callable[[str], None] = print, grace_s: float = 600.0, carry_out: bool = True,
@@ -42,7 +44,7 @@ def run(out: str | Path, *, names: Sequence[str], budget_minutes: float, argv: S
     try:
         for name in names:
             with open(out / "units" / f"{name}.log", "ab") as logf:  # the child keeps its own descriptor
-                cmd = [sys.executable, "-m", "fastnst", "recipe", *argv, f"--units={name}",
+                cmd = [sys.executable, *COMMAND, *argv, f"--units={name}",
                        f"--out={out / 'units' / name}", f"--budget-minutes={budget_minutes}"]
                 procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)))
         log(f"{len(procs)} units running at once (logs: {out / 'units'}/UNIT.log)")

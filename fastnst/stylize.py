@@ -26,7 +26,7 @@ from fastnst.errors import ConfigError, FastnstError
 from fastnst.modelfile import Model, load_model
 
 __all__ = ["Model", "load_model", "apply", "forward", "finish", "preserve_color", "blend",
-           "finisher", "run_files", "plan_outputs", "FileResult"]
+           "finisher", "run_files", "iter_files", "plan_outputs", "FileResult"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -214,12 +214,14 @@ def _batches(pairs, load: Callable, batch_size: int) -> Iterator:
         yield group
 
 
-def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+def iter_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
               max_size: int | None = None, batch_size: int = 4, suffix: str = "",
               post: Callable | None = None, budget: int | None = None,
               on_plan: Callable[[int], None] | None = None, progress: bool = True,
               allow_missing_frames: bool = False) -> Iterator[FileResult]:
-    """Processes image files (folders are expanded) and writes each result atomically.
+    """Processes image files (folders are expanded) and writes each result atomically, lazily:
+    nothing runs until the results are iterated, one FileResult per input as it is written
+    (`run_files` runs them all at once).
 
     Outputs are planned and checked first (`plan_outputs`); images then stream through: consecutive
     images of the same size (after `max_size`) run as one batch, so memory holds one batch.
@@ -263,6 +265,12 @@ def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.P
                 yield FileResult(src, dst, dt)
             except FastnstError as e:
                 yield FileResult(src, None, dt, str(e))
+
+
+def run_files(model: Model, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+              **options) -> list[FileResult]:
+    """Processes every input now (`iter_files`, with its options) and returns their FileResults."""
+    return list(iter_files(model, inputs, out, **options))
 
 
 def _run_video(model: Model, src: Path, dst: Path, *, max_size, batch_size, post, budget,

@@ -385,7 +385,7 @@ def test_parallel_stops_a_unit_that_outlives_budget_and_grace(tmp_path, monkeypa
                     "    (out / 'models').mkdir(parents=True)\n"
                     "    (out / 'models' / 'quick.msgpack').write_bytes(b'm')\n"
                     "else:\n    time.sleep(600)\n")
-    monkeypatch.setattr(recipe_parallel, "RECIPE", fake)
+    monkeypatch.setattr(recipe_parallel, "COMMAND", (str(fake),))
     t = time.monotonic()
     report = recipe_parallel.run(tmp_path / "job", names=["hung", "quick"], budget_minutes=0.01, argv=[],
                                  log=lambda s: None, grace_s=1.0).read_text()

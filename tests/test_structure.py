@@ -95,3 +95,25 @@ def test_bin_scripts_are_wrappers_and_configs_stand_apart():
     for name, path in MODULES.items():
         if name.startswith("configs"):
             assert {m for m in _imports(path) if not m.startswith("configs")} <= {"paths"}, name
+
+
+def test_import_fastnst_is_light_and_names_its_public_surface():
+    """`import fastnst` starts no JAX; its names load their modules on first use, and none hides
+    a submodule (`from fastnst import stylize` is still the module)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fastnst; assert not [m for m in sys.modules if m.startswith(('jax', 'flax'))]; "
+            "from fastnst import stylize, train; "
+            "assert fastnst.stylize_image is stylize.apply; "
+            "assert fastnst.train_model is train.train_and_evaluate; "
+            "assert fastnst.config('sr_x8:runlocal').model.scale == 8; "
+            "assert fastnst.load_model('the_scream').config['task'] == 'style'; "
+            "assert fastnst.vgg.deepest(['relu1_2', 'relu4_3']) == 'relu4_3' and fastnst.losses.gram")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    import fastnst
+
+    for name, (module, attr) in fastnst._LAZY.items():
+        assert attr is None or name not in MODULES, f"fastnst.{name} would hide the module {module}"

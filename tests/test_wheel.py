@@ -23,8 +23,17 @@ def _run(env_dir: Path, cwd: Path, *args, timeout=600) -> subprocess.CompletedPr
 # (Long: one user session, command after command, each checked where it runs.)
 @pytest.mark.slow  # builds a wheel (setuptools from the index, as pip does) and runs six commands
 def test_the_wheel_installs_and_its_commands_run_outside_the_repository(tmp_path, weights_cache):
+    import shutil
+
+    # Built from a copy of what the wheel is made of: setuptools builds in the source folder, and a
+    # stale build/ there (a module since removed) would end up in the wheel.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "fastnst", src / "fastnst", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, src],
                    check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("fastnst-*.whl")
     env_dir = tmp_path / "env"

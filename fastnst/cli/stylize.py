@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     model = styles.select(model, a.style)
     post = stylize.finisher(preserve_colors=a.preserve_color, strength=a.strength)
     budget = a.memory_budget and a.memory_budget * 2**20
-    return cli.report(stylize.run_files(model, a.inputs, a.out, max_size=a.max_size,
+    return cli.report(stylize.iter_files(model, a.inputs, a.out, max_size=a.max_size,
                                         batch_size=a.batch_size, post=post, budget=budget,
                                         allow_missing_frames=a.allow_missing_frames))
 

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                            "use bin/stylize")
     post = metrics.match_histograms if a.histogram_match else None
     budget = a.memory_budget and a.memory_budget * 2**20
-    return cli.report(stylize.run_files(model, a.inputs, a.out, batch_size=a.batch_size,
+    return cli.report(stylize.iter_files(model, a.inputs, a.out, batch_size=a.batch_size,
                                         suffix=f"_x{model.scale}", post=post, budget=budget,
                                         allow_missing_frames=a.allow_missing_frames))
 

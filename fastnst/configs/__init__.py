@@ -23,3 +23,17 @@ def resolve(spec: str) -> str:
         raise ValueError(f"--config={spec}: no config {name!r}; a path to a config file or one of "
                          f"{', '.join(NAMES)}")
     return f"{HERE / name}.py{sep}{args}"
+
+
+def load(spec: str):
+    """The config `NAME[:ARGS]` or `PATH[:ARGS]` (as `fastnst train --config=` takes it) as an
+    ml_collections.ConfigDict, e.g. `load("style:runlocal")`."""
+    import importlib.util
+
+    path, _, args = resolve(spec).partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_fastnst_config_{Path(path).stem}", path)
+    if module_spec is None or not Path(path).is_file():
+        raise ValueError(f"{path}: no such config file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(args or None)
