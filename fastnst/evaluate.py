@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import gatys, images, losses, metrics, stylize, vgg
+from fastnst import discs, gatys, images, losses, metrics, stylize, vgg
 from fastnst.errors import FastnstError
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # HxWx3 LR -> (scale*H)x(scale*W)x3 SR
@@ -129,7 +129,8 @@ def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, styl
 
     Each photo must be square (see `center_square`). Returns one row per photo: `name`,
     `network` (objective of the network's output), `lbfgs` (objective at iterations 0..iters),
-    `iters_to_match` (first L-BFGS iteration at or below the network's objective, or None), and
+    `iters_to_match` (first L-BFGS iteration at or below the network's objective, or None),
+    `disc_area` (the fraction of the network's output covered by bright discs, `discs`), and
     the network's output and the last L-BFGS image (`images`, for figures).
     """
     key = jax.random.key(0) if key is None else key
@@ -148,6 +149,7 @@ def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, styl
         values = np.asarray(values, np.float64)
         below = np.flatnonzero(values <= network)
         rows.append({"name": name, "network": network, "lbfgs": values.tolist(),
+                     "disc_area": discs.disc_area(net_out, photo)["area"],  # bright discs (discs.py)
                      "iters_to_match": int(below[0]) if below.size else None,
                      "images": {"network": net_out, "lbfgs": np.asarray(x)}})
         if on_photo is not None:
@@ -158,18 +160,21 @@ def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, styl
 def fig5_table(rows: list[dict], checkpoints=(50, 100, 300)) -> str:
     """Markdown: per photo and on average, the network's objective and L-BFGS's at checkpoints."""
     cps = [c for c in checkpoints if c < len(rows[0]["lbfgs"])]
-    head = "| photo | network | " + " | ".join(f"L-BFGS {c}" for c in cps) + " | L-BFGS iters to match |"
-    lines = [head, "|---" * (len(cps) + 3) + "|"]
+    head = ("| photo | network | " + " | ".join(f"L-BFGS {c}" for c in cps)
+            + " | L-BFGS iters to match | disc area |")
+    lines = [head, "|---" * (len(cps) + 4) + "|"]
 
     def fmt_match(r):
         return str(r["iters_to_match"]) if r["iters_to_match"] is not None else f"> {len(r['lbfgs']) - 1}"
 
     for r in rows:
         lines.append(f"| {r['name']} | {r['network']:.2f} | "
-                     + " | ".join(f"{r['lbfgs'][c]:.2f}" for c in cps) + f" | {fmt_match(r)} |")
+                     + " | ".join(f"{r['lbfgs'][c]:.2f}" for c in cps)
+                     + f" | {fmt_match(r)} | {r['disc_area']:.2%} |")
     mean = lambda xs: float(np.mean(xs))  # noqa: E731
     lines.append(f"| **mean** | **{mean([r['network'] for r in rows]):.2f}** | "
-                 + " | ".join(f"**{mean([r['lbfgs'][c] for r in rows]):.2f}**" for c in cps) + " | |")
+                 + " | ".join(f"**{mean([r['lbfgs'][c] for r in rows]):.2f}**" for c in cps)
+                 + f" | | **{mean([r['disc_area'] for r in rows]):.2%}** |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fastnst import bench, evaluate, gatys, losses, modelfile, stylize
+from fastnst import bench, discs, evaluate, gatys, losses, modelfile, stylize
 from fastnst.configs import style as style_config
 from fastnst.errors import WeightsError
 
@@ -78,3 +78,5 @@ def test_fig5_network_vs_lbfgs(vgg_params):
     assert row["iters_to_match"] == (int(below[0]) if below.size else None)
     table = evaluate.fig5_table([row], (2, 6))
     assert "| p |" in table and "L-BFGS 6" in table and "**mean**" in table
+    assert row["disc_area"] == discs.disc_area(row["images"]["network"], photo)["area"]
+    assert table.splitlines()[0].endswith("| disc area |") and f"| {row['disc_area']:.2%} |" in table

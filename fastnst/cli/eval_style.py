@@ -7,7 +7,8 @@ and of projected L-BFGS from white noise after N iterations, on the same photos.
 Photos are centre-cropped to squares of --size. The objective's weights and layers are those of
 configs/style.py (the ones the shipped models were trained with); the style Grams are computed as
 in training (longer side of the style image at the config's style_size).
-Writes table.md (per photo and mean, at --checkpoints), results.json (every iteration),
+Writes table.md (per photo and mean, at --checkpoints, with the share of the network's output
+covered by bright discs: fastnst/discs.py), results.json (every iteration),
 curves.png and side-by-side figures (photo | network | L-BFGS) of the first three photos.
 """
 
