@@ -101,3 +101,16 @@ def test_packaged_configs_resolve_by_name_or_path(tmp_path):
     assert (Path(__file__).parents[1] / "configs" / "style.py").resolve() == configs.HERE / "style.py"
     with pytest.raises(ValueError, match="no config 'nope'"):
         configs.resolve("nope")
+
+
+def test_flags_are_accepted_in_either_spelling_and_help_shows_defaults(capsys):
+    from fastnst import cli
+
+    assert cli.kebab("--max_size=3") == "--max-size=3" and cli.kebab("a_b.png") == "a_b.png"
+    assert cli.kebab("--out=my_file.png") == "--out=my_file.png"  # values stay as they are
+    assert cli.snake("--init-timeout-s=5") == "--init_timeout_s=5"
+    assert cli.snake("--config.train.steps=3") == "--config.train.steps=3"
+    ap = cli.Parser(description="x")
+    ap.add_argument("--max-size", type=int, default=7, help="longer side")
+    assert ap.parse_args(["--max_size=3"]).max_size == 3 and ap.parse_args([]).max_size == 7
+    assert "longer side (default: 7)" in ap.format_help()

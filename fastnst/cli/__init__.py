@@ -164,8 +164,22 @@ def interrupt_on_sigterm() -> None:
         pass
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every flag's default after its help."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (`error: ...`, exit 2) instead of usage + message."""
+    """argparse with one-line errors (`error: ...`, exit 2) instead of usage + message, defaults
+    shown in --help, and flags spelt either way (`--max-size` or `--max_size`, as `fastnst train`
+    spells its own)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_args([kebab(a) for a in args], namespace)
 
     def error(self, message):
         """One line on stderr, exit status 2."""
@@ -220,6 +234,22 @@ def report(results) -> int:
         else:
             print(f"{r.src} -> {r.dst} ({r.note or f'{r.seconds * 1000:.0f} ms'})")
     return 1 if failed else 0
+
+
+def kebab(arg: str) -> str:
+    """`--max_size=3` as `--max-size=3` (only the flag's name; values and non-flags unchanged)."""
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    name, eq, value = arg[2:].partition("=")
+    return f"--{name.replace('_', '-')}{eq}{value}"
+
+
+def snake(arg: str) -> str:
+    """`--init-timeout-s=3` as `--init_timeout_s=3` for absl (`--config.*` keys are left alone)."""
+    if not arg.startswith("--") or arg.startswith("--config"):
+        return arg
+    name, eq, value = arg[2:].partition("=")
+    return f"--{name.replace('-', '_')}{eq}{value}"
 
 
 def absl_flags_parser(argv):

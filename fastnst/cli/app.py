@@ -28,7 +28,7 @@ def _positive_float(text: str) -> float:
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this computer only)")
     ap.add_argument("--port", type=cli.at_least(1), default=7860, help="port (default 7860)")
     ap.add_argument("--max-upload-mb", type=cli.positive_int, default=200, help="largest upload, MB")

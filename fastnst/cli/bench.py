@@ -33,7 +33,7 @@ from fastnst import cli
 # (Long: one argument definition per flag, then one call per mode.)
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--quick", type=cli.positive_int, nargs="?", const=5, default=0, metavar="N")
     ap.add_argument("--sizes", type=cli.int_list(32), default=None,
                     help="comma-separated image sides, each >= 32 (VGG-16's smallest input); default "

@@ -22,7 +22,7 @@ from fastnst import cli
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--train", action="store_true", help="train a small model first (minutes)")
     ap.add_argument("--input", default=None, help="photo to stylize with the shipped models")
     ap.add_argument("--workdir", default=None, help="default runs/demo (runs/demo_train with --train)")

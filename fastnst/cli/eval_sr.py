@@ -14,7 +14,7 @@ from fastnst import cli, paths
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--model", action="append", required=True, help="bicubic | model file | name")
     ap.add_argument("--scale", type=int, default=4, choices=(2, 4, 8))
     ap.add_argument("--sets", default="Set5,Set14,BSD100")

@@ -19,7 +19,7 @@ from fastnst import cli
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("photos", nargs="+", help="image files or folders (held out from training)")
     ap.add_argument("--model", required=True, help="shipped model name or model file")
     ap.add_argument("--style", required=True, help="the style image the model was trained on")

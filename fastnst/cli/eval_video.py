@@ -18,7 +18,7 @@ from fastnst import cli
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("photos", nargs="*", help="photos to render clips from (default: shared content)")
     ap.add_argument("--model", action="append", required=True, help="style model file or shipped name")
     ap.add_argument("--style", required=True, help="the style image (for the style loss)")

@@ -24,7 +24,7 @@ from fastnst import cli
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--model", required=True, help="model file or shipped model name")
     ap.add_argument("--format", required=True, choices=("onnx", "jax"))
     ap.add_argument("--out", required=True, help="output file")

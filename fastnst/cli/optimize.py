@@ -20,21 +20,24 @@ def main(argv=None) -> int:
     from fastnst.configs import style as style_config
 
     d = style_config.get_config().loss
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--content", help="content image (needed unless --content-weight=0)")
     ap.add_argument("--style", help="style image (needed unless --style-weight=0)")
     ap.add_argument("--size", type=cli.positive_int, default=256,
                     help="longer side of the content image / output")
     ap.add_argument("--style-size", type=cli.positive_int, default=None,
                     help="longer side of the style image")
-    ap.add_argument("--iters", type=cli.positive_int, default=500)
-    ap.add_argument("--init", choices=["noise", "content"], default="noise")
-    ap.add_argument("--content-weight", type=float, default=d.content)
-    ap.add_argument("--style-weight", type=float, default=d.style)
-    ap.add_argument("--tv-weight", type=float, default=d.tv)
-    ap.add_argument("--content-layer", nargs="+", default=list(d.content_layers))
-    ap.add_argument("--style-layers", nargs="+", default=list(d.style_layers))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iters", type=cli.positive_int, default=500, help="L-BFGS iterations")
+    ap.add_argument("--init", choices=["noise", "content"], default="noise",
+                    help="start from white noise (the paper's Fig. 5) or from the content image")
+    ap.add_argument("--content-weight", type=float, default=d.content, help="feature loss weight")
+    ap.add_argument("--style-weight", type=float, default=d.style, help="style (Gram) loss weight")
+    ap.add_argument("--tv-weight", type=float, default=d.tv, help="total variation weight")
+    ap.add_argument("--content-layer", nargs="+", default=list(d.content_layers),
+                    help="VGG-16 layers of the feature loss")
+    ap.add_argument("--style-layers", nargs="+", default=list(d.style_layers),
+                    help="VGG-16 layers of the style loss")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the noise image")
     ap.add_argument("--preserve-color", action="store_true",
                     help="optimise the luminance only (style luminance matched to the photo's), then "
                          "take the colours from the photo")

@@ -37,7 +37,7 @@ from fastnst import cli
 # (Long: one argument definition per flag, then one call per mode.)
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--budget-minutes", type=cli.positive_float, default=None,
                     help="wall-clock minutes for the whole job, evaluation included")
     ap.add_argument("--out", required=True, help="folder for runs/, models/, eval/, plan.md, report.md")

@@ -24,7 +24,7 @@ cli.keep_freed_memory()  # before JAX starts any thread: windows and frames reus
 
 @cli.one_line_errors
 def main(argv=None) -> int:
-    ap = cli.Parser(description=__doc__, formatter_class=cli.argparse.RawTextHelpFormatter)
+    ap = cli.Parser(description=__doc__)
     ap.add_argument("--model", required=True, help="model file or shipped model name")
     cli.add_image_args(ap)
     ap.add_argument("--max-size", type=cli.positive_int, default=None,

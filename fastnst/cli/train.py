@@ -21,7 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fastnst.cli import absl_flags_parser, one_line_errors
+from fastnst.cli import absl_flags_parser, one_line_errors, snake
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Packaged config by name (style, multistyle, sr_x4, sr_x8) or a config file's "
@@ -84,7 +84,7 @@ def run(argv=None) -> None:
         print(flags.FLAGS.module_help(__name__))
         sys.exit(0)
     try:
-        argv = [argv[0], *(_resolve(a) for a in argv[1:])]
+        argv = [argv[0], *(_resolve(snake(a)) for a in argv[1:])]
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
