@@ -28,7 +28,8 @@ def usage() -> str:
     """`fastnst --help`: the programs, one line each."""
     rows = "\n".join(f"  {p:<11} {summary(p)}" for p in PROGRAMS)
     return (f"usage: fastnst PROGRAM [ARGS]   (fastnst PROGRAM --help for its options)\n\n"
-            f"{__doc__.splitlines()[0].split(': ', 1)[1]}\n\nprograms:\n{rows}\n")
+            "Fast style transfer and super-resolution with perceptual losses (Johnson et al. 2016), "
+            f"in JAX.\n\nprograms:\n{rows}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
