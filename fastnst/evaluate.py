@@ -123,7 +123,8 @@ def center_square(image: np.ndarray, size: int) -> np.ndarray:
 
 def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, style_grams,
                    photos: dict[str, np.ndarray], *, iters: int = 300,
-                   key: jax.Array | None = None, on_photo: Callable | None = None) -> list[dict]:
+                   key: jax.Array | None = None, on_photo: Callable | None = None,
+                   progress: Callable[[int, float], None] | None = None) -> list[dict]:
     """Paper Fig. 5: the style-transfer objective reached by the network's output and by
     projected L-BFGS from white noise, on the same photos, weights and layers.
 
@@ -145,7 +146,8 @@ def style_vs_lbfgs(model: stylize.Model, vgg_params, spec: losses.LossSpec, styl
         net_out = np.asarray(stylize.apply(model, photo))
         network = float(value(net_out, vgg_params, content_feats, style_grams))
         x0 = gatys.initial_image("noise", photo.shape[:2], content=None, key=jax.random.fold_in(key, i))
-        x, values = gatys.run(x0, vgg_params, content_feats, style_grams, spec=spec, iters=iters)
+        x, values = gatys.run(x0, vgg_params, content_feats, style_grams, spec=spec, iters=iters,
+                              every=10 if progress else 0, callback=progress)  # (every 10 iterations)
         values = np.asarray(values, np.float64)
         below = np.flatnonzero(values <= network)
         rows.append({"name": name, "network": network, "lbfgs": values.tolist(),
@@ -227,7 +229,8 @@ def write_sr_results(results: dict, out: str | os.PathLike) -> str:
 def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.PathLike], *,
          spec: losses.LossSpec, style_size: int, size: int = 256, iters: int = 300,
          checkpoints: Sequence[int] = (50, 100, 300), limit: int = 0,
-         out: str | os.PathLike = "runs/eval_style", on_photo: Callable | None = None) -> str:
+         out: str | os.PathLike = "runs/eval_style", on_photo: Callable | None = None,
+         progress: Callable[[int, float], None] | None = None) -> str:
     """Paper Fig. 5 for one style model on held-out photos; writes table.md, results.json,
     curves.png and photo | network | L-BFGS figures of the first three photos into `out`."""
     import json
@@ -244,7 +247,8 @@ def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.Pa
         raise FastnstError(f"{model}: not a style model")
     params = vgg.load_params()
     grams = losses.style_targets(params, images.load_image(style_path), spec.style_layers, style_size)
-    rows = style_vs_lbfgs(net, params, spec, grams, squares, iters=iters, on_photo=on_photo)
+    rows = style_vs_lbfgs(net, params, spec, grams, squares, iters=iters, on_photo=on_photo,
+                          progress=progress)
     out = Path(out)
     for row in rows[:3]:
         figure = images.side_by_side([squares[row["name"]], row["images"]["network"],

@@ -23,11 +23,12 @@ def main(argv=None) -> int:
     ap.add_argument("photos", nargs="+", help="image files or folders (held out from training)")
     ap.add_argument("--model", required=True, help="shipped model name or model file")
     ap.add_argument("--style", required=True, help="the style image the model was trained on")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--checkpoints", default="50,100,300")
+    ap.add_argument("--size", type=int, default=256, help="side of the square photos (centre crops)")
+    ap.add_argument("--iters", type=int, default=300, help="L-BFGS iterations per photo")
+    ap.add_argument("--checkpoints", default="50,100,300", help="iterations the table reports")
     ap.add_argument("--limit", type=int, default=0, help="use at most this many photos (0 = all)")
-    ap.add_argument("--out", default="runs/eval_style")
+    ap.add_argument("--out", default="runs/eval_style", help="folder for table.md, results.json, figures")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar of the L-BFGS iterations")
     a = ap.parse_args(argv)
 
     from fastnst import evaluate, losses
@@ -35,14 +36,25 @@ def main(argv=None) -> int:
 
     cfg = style_config.get_config()
 
-    def report(row):
-        print(f"{row['name']}: network {row['network']:.2f}, L-BFGS {row['lbfgs'][-1]:.2f} after "
-              f"{a.iters}, matched at {row['iters_to_match']}", flush=True)
+    from tqdm import tqdm
+
+    bars = []  # made at the first iteration, so that an early error stays one line
+
+    def progress(i, value):
+        if not bars:
+            bars.append(tqdm(unit=" L-BFGS iterations", disable=a.no_progress, file=sys.stderr))
+        bars[0].update(10)
+
+    def report(row):  # (through the bar, so that the two do not interleave)
+        tqdm.write(f"{row['name']}: network {row['network']:.2f}, L-BFGS {row['lbfgs'][-1]:.2f} after "
+                   f"{a.iters}, matched at {row['iters_to_match']}", file=sys.stdout)
 
     table = evaluate.fig5(a.model, a.style, a.photos, spec=losses.LossSpec.from_config(cfg.loss),
                           style_size=cfg.style_size, size=a.size, iters=a.iters,
                           checkpoints=[int(c) for c in a.checkpoints.split(",")], limit=a.limit,
-                          out=a.out, on_photo=report)
+                          out=a.out, on_photo=report, progress=progress)
+    for bar in bars:
+        bar.close()
     print(table)
     return 0
 
