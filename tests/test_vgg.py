@@ -124,3 +124,40 @@ def test_env_var_points_to_converted_file(tmp_path, monkeypatch, weights_cache):
     copy.write_bytes((weights_cache / vgg.CONVERTED_NAME).read_bytes())
     monkeypatch.setenv("FASTNST_VGG_WEIGHTS", str(copy))
     assert vgg.resolve_weights() == copy
+
+
+def test_a_torchvision_pth_round_trips_and_matches_torch_convolutions(tmp_path, monkeypatch):
+    """A torchvision-layout VGG-16 state dict (written by PyTorch from known weights) loads back
+    as those weights, and relu1_2 computed from it equals PyTorch's own convolutions on the same
+    normalised input (float32 sums in another order; bound 1e-4 of the largest activation, not yet
+    measured here). A file whose SHA-256 is not torchvision's is refused before it is unpickled.
+    Needs PyTorch, which reading a .pth needs too; skipped where it is not installed (CI: `.[dev]`
+    has no torch)."""
+    torch = pytest.importorskip("torch")
+    from fastnst import vgg, weights_io
+    from fastnst.errors import WeightsError
+
+    params = vgg.random_params(3)["params"]
+    conv_idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    state = {}
+    for name, i in zip(vgg.CONV_NAMES, conv_idx, strict=True):
+        kernel = np.asarray(params[name]["kernel"]).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        state[f"features.{i}.weight"] = torch.from_numpy(kernel.copy())
+        state[f"features.{i}.bias"] = torch.from_numpy(np.asarray(params[name]["bias"]).copy())
+    path = tmp_path / "vgg16-test.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="SHA-256"):
+        vgg.load_flat(path)
+    monkeypatch.setattr(vgg, "TORCHVISION_SHA256_PREFIX", weights_io.sha256(path)[:8])
+    flat = vgg.load_flat(path)
+    for name in vgg.CONV_NAMES:
+        np.testing.assert_array_equal(flat[f"{name}/kernel"], np.asarray(params[name]["kernel"]))
+        np.testing.assert_array_equal(flat[f"{name}/bias"], np.asarray(params[name]["bias"]))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 20, 24, 3)).astype(np.float32)
+    ours = np.asarray(vgg.features(vgg.load_params(path), x, ["relu1_2"])["relu1_2"])
+    t = torch.from_numpy(np.asarray(vgg.normalize(x)).transpose(0, 3, 1, 2).copy())
+    for i in (0, 2):
+        w, b = state[f"features.{i}.weight"], state[f"features.{i}.bias"]
+        t = torch.relu(torch.nn.functional.conv2d(t, w, b, padding=1))
+    ref = t.numpy().transpose(0, 2, 3, 1)
+    assert np.max(np.abs(ours - ref)) <= 1e-4 * np.max(np.abs(ref))
