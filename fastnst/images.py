@@ -248,3 +248,29 @@ def side_by_side(images: list[np.ndarray], *, height: int = 256, gap: int = 8) -
         if i < len(images) - 1:
             rows.append(np.full((height, gap, 3), 255.0, np.float32))
     return np.concatenate(rows, axis=1)
+
+
+def labelled(panels: list[np.ndarray], labels: list[str], *, height: int = 256, gap: int = 8,
+             font_px: int = 18) -> np.ndarray:
+    """`side_by_side` with a caption centred above each panel (figures for the README and docs); a
+    panel narrower than its caption is centred on white as wide as the caption."""
+    from PIL import ImageDraw, ImageFont
+
+    if len(panels) != len(labels):
+        raise ValueError(f"{len(panels)} panels but {len(labels)} labels")
+    font = ImageFont.load_default(size=font_px)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [draw.textlength(t, font=font) for t in labels]
+    padded = []
+    for im, tw in zip(panels, widths, strict=True):
+        im = resize(im, (height, max(1, round(im.shape[1] * height / im.shape[0]))))
+        extra = max(0, int(np.ceil(tw)) + 8 - im.shape[1])
+        padded.append(np.pad(im, ((0, 0), (extra // 2, extra - extra // 2), (0, 0)), constant_values=255))
+    row = side_by_side(padded, height=height, gap=gap)
+    strip = Image.new("RGB", (row.shape[1], font_px + 12), "white")
+    draw = ImageDraw.Draw(strip)
+    x = 0
+    for im, text, tw in zip(padded, labels, widths, strict=True):
+        draw.text((x + (im.shape[1] - tw) / 2, 4), text, fill="black", font=font)
+        x += im.shape[1] + gap
+    return np.concatenate([np.asarray(strip, np.float32), row], axis=0)

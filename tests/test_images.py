@@ -135,3 +135,18 @@ def test_resize_helpers():
     assert images.resize_max_side(im, 100) is im
     assert images.resize_short_side(im, 60).shape == (60, 120, 3)
     assert images.side_by_side([im, im], height=15).shape == (15, 30 + 8 + 30, 3)
+
+
+def test_labelled_puts_a_caption_strip_above_the_panels_and_widens_a_panel_narrower_than_its_caption():
+    a = np.full((40, 60, 3), 100.0, np.float32)
+    b = np.zeros((40, 10, 3), np.float32)  # narrower than its caption
+    fig = images.labelled([a, b], ["photo", "a long caption"], height=40, gap=4, font_px=12)
+    strip, row = fig[:24], fig[24:]
+    assert row.shape[0] == 40 and np.allclose(row[:, :60], 100.0)  # the first panel, unscaled
+    assert np.all(row[:, 60:64] == 255)  # the gap
+    dark = np.flatnonzero((row[20] == 0).all(-1))
+    assert dark.min() > 64 + 5 and dark.size == 10  # b is centred on white, as wide as its caption
+    ink = np.flatnonzero((strip < 128).any(axis=(0, 2)))
+    assert ink.size and ink.min() > 0 and ink.max() > 64  # both captions are drawn, within the figure
+    with pytest.raises(ValueError, match="2 panels but 1 labels"):
+        images.labelled([a, b], ["one"])

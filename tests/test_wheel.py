@@ -2,10 +2,12 @@
 into a fresh virtual environment, its commands run from another folder."""
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,13 +31,17 @@ def test_the_wheel_installs_and_its_commands_run_outside_the_repository(tmp_path
     # stale build/ there (a module since removed) would end up in the wheel.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "docs/package.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "fastnst", src / "fastnst", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, src],
                    check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("fastnst-*.whl")
+    with zipfile.ZipFile(wheel) as z:  # the description a package index shows: no link that breaks there
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "fastnst stylize" in meta and not re.findall(r"\]\((?!https://)[^)]*\)", meta), meta[:3000]
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", env_dir], check=True, timeout=120)
     # The dependencies come from the suite's environment (one line in a .pth: a plain path, so that
