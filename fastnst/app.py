@@ -1,22 +1,18 @@
 """A local web app for people who do not use a terminal (`bin/app`; the `app` extra: Gradio).
 
 One page, two tabs:
-- Style: a photo (upload, drop, paste, webcam) or a video; a shipped model picked from a gallery
-  (its style image where this clone has it, and a sample output) or an uploaded model file;
-  strength, colour preservation, output size; before/after slider; download; progress (frames
-  for video).
+- Style: a photo (upload, drop, paste, webcam, or a sample photo) or a video; a shipped model
+  picked from a gallery (its painting where this clone has it, and a sample output) or an uploaded
+  model file; strength, colours, output size; before/after slider; download; progress.
 - Upscale: x4 with the shipped super-resolution models, histogram matching on or off, side by
   side with bicubic.
 
-Every result comes from the library functions the CLIs use: `stylize.run_files` writes the output
-file exactly as `bin/stylize` / `bin/upscale` would (tiling, memory budget, colour, video), and
-the page shows that file. Models load once and stay compiled for the sizes seen.
+Every result is the file `stylize.run_files` writes, as `bin/stylize` / `bin/upscale` would
+(tiling, memory budget, colour, video). Models load once and stay compiled for the sizes seen.
 
-Safe by default: listens on 127.0.0.1; uploads are capped (`Limits`), as are megapixels and video
-length, with a message on the page; uploads and outputs live in one temporary folder that is
-removed when the app stops; one job runs at a time (a visible queue). A bad input (not an image,
-a corrupt video, a 1 px image, a model file from elsewhere) is a message on the page, and the app
-keeps working.
+Safe by default: listens on 127.0.0.1; uploads, megapixels and video length are capped (`Limits`);
+uploads and outputs live in one temporary folder, removed when the app stops; one job at a time (a
+visible queue). A bad input is a message on the page, and the app keeps working.
 """
 
 import functools
@@ -130,6 +126,25 @@ def upscale(src, model: str, out_dir, *, histogram_match: bool = False) -> tuple
     return images.save_image(out.parent / f"{Path(src).stem}_bicubic.png", big), out
 
 
+def readable(name: str) -> str:
+    """A model name as the page shows it: `the_scream` -> `The Scream`."""
+    return " ".join(w.capitalize() for w in name.replace("-", "_").split("_"))
+
+
+SAMPLE_PHOTOS = ("chelsea.png", "astronaut.png", "coffee.png")  # scikit-image's, in its wheel
+
+
+def sample_photos(out_dir: str | os.PathLike, size: int = 512) -> list[str]:
+    """Photos to try the page with, one click away: the demo photo (where this clone has it) and
+    scikit-image's, at most `size` px, copied into the workspace (where the page may serve them)."""
+    out = []
+    for src in dict.fromkeys([data.content_photo(), *map(data.sample_photo, SAMPLE_PHOTOS)]):
+        if Path(src).is_file():
+            photo = images.resize_max_side(images.load_image(src), size)
+            out.append(str(images.save_image(Path(out_dir) / f"sample_{Path(src).stem}.jpg", photo)))
+    return out
+
+
 def gallery(out_dir: str | os.PathLike, size: int = 256) -> list[tuple[str, str]]:
     """(thumbnail file, model name) per shipped style model: its style image where this clone has
     it (`../shared/data/styles`) beside its output on the demo photo, at most `size` px."""
@@ -142,7 +157,7 @@ def gallery(out_dir: str | os.PathLike, size: int = 256) -> list[tuple[str, str]
             parts.insert(0, images.resize_max_side(images.load_image(style_file), size))
         thumb = images.side_by_side(parts, height=THUMB) if len(parts) > 1 else \
             images.resize_max_side(parts[0], THUMB)
-        items.append((str(images.save_image(Path(out_dir) / f"gallery_{name}.jpg", thumb)), name))
+        items.append((str(images.save_image(Path(out_dir) / f"gallery_{name}.jpg", thumb)), readable(name)))
     return items
 
 
@@ -198,7 +213,8 @@ def build(ws: Workspace, limits: Limits = Limits()):
         return run
 
     styles = gallery(ws.root)
-    names = [n for _, n in styles]
+    names = shipped("style")  # in the gallery's order; the gallery shows them `readable`
+    samples = sample_photos(ws.root)
     sr_names = shipped("sr")
 
     @guarded
@@ -238,27 +254,34 @@ def build(ws: Workspace, limits: Limits = Limits()):
         return (str(bicubic), str(out)), str(out)
 
     with gr.Blocks(title="fastnst") as page:
-        gr.Markdown("# fastnst\nFast neural style transfer and x4 super-resolution, on this computer.")
+        gr.Markdown("**fastnst**: fast neural style transfer and x4 super-resolution, on this computer.")
         with gr.Tab("Style"):
             chosen = gr.State(names[0] if names else None)
             uploaded = gr.State(None)
-            with gr.Row():
+            with gr.Row():  # the first screen (1366x768): photo, samples, styles, Stylize; the rest folds
                 with gr.Column():
-                    photo = _photo_input(gr, label="Photo", elem_id="style-photo",
+                    photo = _photo_input(gr, label="Photo", elem_id="style-photo", height=250,
                                          sources=["upload", "clipboard", "webcam"])
-                    vid = gr.Video(label="or a video", sources=["upload"], elem_id="style-video")
+                    if samples:
+                        gr.Examples([[f] for f in samples], inputs=[photo], label="or try a sample photo",
+                                    examples_per_page=len(samples), elem_id="style-samples")
+                with gr.Column():
                     pick = gr.Gallery(value=styles, label="Style (click to choose)", columns=len(styles) or 1,
                                       allow_preview=False, height=THUMB + 60, object_fit="contain",
                                       elem_id="style-gallery")
-                    picked = gr.Markdown(f"Style: **{names[0]}**" if names else "no shipped style model")
-                    model_file = gr.File(label="or your own model file (.msgpack)", file_types=[".msgpack"],
-                                         elem_id="model-file")
-                    model_note = gr.Markdown()
-                    strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength")
-                    keep_color = gr.Checkbox(label="Preserve the photo's colours")
-                    max_side = gr.Number(value=1024, precision=0, minimum=16,
-                                         label="Output size (longer side, px)")
+                    picked = gr.Markdown(f"Style: **{readable(names[0])}**" if names else "no style model")
                     go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+                    with gr.Accordion("More: a video, your own model, strength, colours, size", open=False,
+                                      elem_id="more-options"):
+                        vid = gr.Video(label="a video instead of the photo", sources=["upload"],
+                                       elem_id="style-video")
+                        model_file = gr.File(label="your own model file (.msgpack)", file_types=[".msgpack"],
+                                             elem_id="model-file")
+                        model_note = gr.Markdown()
+                        strength = gr.Slider(0, 1, value=1, step=0.05, label="Strength")
+                        keep_color = gr.Checkbox(label="Preserve the photo's colours")
+                        max_side = gr.Number(value=1024, precision=0, minimum=16,
+                                             label="Output size (longer side, px)")
                 with gr.Column():
                     result = gr.ImageSlider(label="Before / after", type="filepath", format="png",
                                             elem_id="style-result")
@@ -267,7 +290,7 @@ def build(ws: Workspace, limits: Limits = Limits()):
 
             def on_pick(evt: gr.SelectData):
                 name = names[evt.index]
-                return name, f"Style: **{name}**"
+                return name, f"Style: **{readable(name)}**"
 
             pick.select(on_pick, None, [chosen, picked])
             model_file.change(on_upload_model, model_file, [uploaded, model_note])

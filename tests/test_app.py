@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 # program on the same machine, so equal bits are expected; one level of 255 allows a float32
 # reduction split differently between threads (the bound the tiling and export docs use for uint8).
 MAX_LEVEL_DIFF = 1
+FIRST_SCREEN = {"width": 1366, "height": 768}  # a common laptop screen: what must show unscrolled
 
 
 def _chromium() -> str:
@@ -85,10 +86,17 @@ def _photo(path: Path, h: int, w: int, seed: int) -> Path:
 
 def _open(browser, url):
     """A page in a fresh browser context (its own session: cookies, Gradio session, queue entry)."""
-    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page = browser.new_context(viewport=FIRST_SCREEN).new_page()
     page.goto(url)
     page.wait_for_selector("#style-photo input[type=file]", state="attached")
     return page
+
+
+def _more(page):
+    """Opens the folded options (video, own model file, strength, colours, size)."""
+    if not page.locator("#model-file input[type=file]").count():
+        page.get_by_text("More: a video").click()
+    page.wait_for_selector("#model-file input[type=file]", state="attached")
 
 
 def _stylize(page, photo: Path, style_index: int | None = None, timeout_ms: int = 180_000) -> np.ndarray:
@@ -142,7 +150,6 @@ def test_page_result_equals_bin_stylize_and_bad_inputs_get_a_message(server, bro
     assert shown.shape == cli.shape and np.abs(shown - cli).max() <= MAX_LEVEL_DIFF
     print(f"page vs bin/stylize: max difference {np.abs(shown - cli).max()} levels")
     shots = Path(os.environ.get("FASTNST_SCREENSHOTS", tmp_path))  # docs/: FASTNST_SCREENSHOTS=docs
-    page.screenshot(path=str(shots / "app.png"), full_page=True)
 
     bad = tmp_path / "notes.jpg"  # a text file named .jpg
     bad.write_text("not a photo")
@@ -160,6 +167,7 @@ def test_page_result_equals_bin_stylize_and_bad_inputs_get_a_message(server, bro
     page.locator("#style-photo input[type=file]").set_input_files(str(tiny))
     page.locator("#stylize").click()
     _expect_error(page, "tiny.png: 1x1 is too small")
+    _more(page)
     alien = tmp_path / "weights.msgpack"  # a model file from elsewhere
     alien.write_bytes(b"\x81\xa3foo\xa3bar")
     page.locator("#model-file input[type=file]").set_input_files(str(alien))
@@ -173,6 +181,29 @@ def test_page_result_equals_bin_stylize_and_bad_inputs_get_a_message(server, bro
     page.locator("#model-file button[aria-label='Clear']").first.click()
     again = _stylize(page, _photo(tmp_path / "again.png", 48, 64, 1))  # and the app still works
     assert again.shape == (48, 64, 3)
+    page.context.close()
+
+
+def test_the_first_screen_shows_photo_styles_and_button_and_a_sample_photo_is_one_click_away(server, browser):
+    url, _ = server
+    page = _open(browser, url)
+    page.wait_for_selector("#style-gallery .thumbnail-item")
+    for sel in ("#style-photo", "#style-samples", "#style-gallery", "#stylize"):
+        box = page.locator(sel).first.bounding_box()
+        assert box and box["y"] >= 0 and box["y"] + box["height"] <= FIRST_SCREEN["height"], (sel, box)
+    captions = page.locator("#style-gallery .thumbnail-item").all_inner_texts()
+    assert "The Scream" in " ".join(captions) and "_" not in " ".join(captions), captions
+    page.locator("#style-gallery .thumbnail-item").nth(1).click()
+    page.locator("#style-samples .gallery-item").nth(1).click()  # scikit-image's cat
+    page.wait_for_function("document.querySelectorAll('#style-photo img').length > 0")
+    page.locator("#stylize").click()
+    page.wait_for_function("document.querySelectorAll('#style-result img').length >= 2", timeout=180_000)
+    shown = _fetch(page, page.locator("#style-result img").last.get_attribute("src"))
+    assert shown.shape == (300, 451, 3)  # scikit-image's cat, at its own size (under 512 px)
+    shots = os.environ.get("FASTNST_SCREENSHOTS")  # the README's picture: FASTNST_SCREENSHOTS=docs
+    if shots:
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(Path(shots) / "app.png"))
     page.context.close()
 
 
@@ -213,6 +244,7 @@ def test_a_video_comes_back_with_every_frame(server, browser, tmp_path):
     url, _ = server
     page = _open(browser, url)
     clip = _clip(tmp_path / "clip.mp4", frames=6, audio=False)
+    _more(page)
     page.locator("#style-video input[type=file]").set_input_files(str(clip))
     page.wait_for_function("document.querySelectorAll('#style-video video').length > 0")
     page.locator("#stylize").click()
