@@ -3,15 +3,16 @@
 Both take and return images the way `stylize.apply` does: NHWC float32 RGB in [0, 255], any
 batch, height and width (a scale x larger output for super-resolution).
 
-* ONNX (`to_onnx`): the graph is built node by node with `onnx.helper` from the model's
-  parameters rather than traced by a converter: the network is a dozen standard operators
-  (Conv, ConvTranspose, Resize, BatchNormalization, InstanceNormalization, Pad, Slice, Clip, Tanh),
-  and fastnst's own CPU convolution forms (custom VJPs, padding tricks) would otherwise leak into the
-  graph. Height and width are dynamic (the padding to a multiple of the stride and the final crop
-  are computed from the input's shape); the opset, layout and value range are written into the
-  model's metadata. `dtype='float16'` stores the weights in float16 (half the file) and computes
-  in float32. Reflection padding in ONNX needs each side to be larger than the pad, so style
-  models with the paper's 40 px border take inputs of at least 41 px per side.
+* ONNX (`to_onnx`): the graph is built node by node with `onnx.helper` from the model's parameters,
+  walking `nets.layer_plan` (the description the Flax module is built from); each norm and
+  upsampling writes its own nodes (`variants`). It is not traced by a converter: the network is a
+  dozen standard operators (Conv, ConvTranspose, Resize, BatchNormalization, InstanceNormalization,
+  Pad, Slice, Clip, Tanh), and fastnst's own CPU convolution forms (custom VJPs, padding tricks)
+  would otherwise leak into the graph. Height and width are dynamic (the padding to a multiple of
+  the stride and the final crop are computed from the input's shape); the opset, layout and value
+  range are written into the model's metadata. `dtype='float16'` stores the weights in float16 (half
+  the file) and computes in float32. Reflection padding in ONNX needs each side to be larger than
+  the pad, so style models with the paper's 40 px border take inputs of at least 41 px per side.
 * JAX (`to_jax`): `jax.export` of the inference function with the weights baked in,
   shape-polymorphic in batch, height and width (the same minimum sides), lowered for the CPU and
   CUDA.
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastnst import __version__, nets
+from fastnst import __version__, nets, variants
 from fastnst.errors import FastnstError, need
 from fastnst.images import atomic_write_bytes
 from fastnst.modelfile import Model
@@ -40,7 +41,7 @@ _TANH_CLIP = 10.0
 FORMATS = ("onnx", "jax")
 SUFFIXES = {"onnx": ".onnx", "jax": ".jaxexport"}  # the file name an export must have, per format
 METADATA = {"layout": "NHWC", "range": "0..255", "color": "RGB", "dtype": "float32"}
-STYLE_INPUT = "style"  # a multi-style model's second input: style weights [S] (convex; one-hot = one style)
+STYLE_INPUT = variants.STYLE_INPUT  # a multi-style model's second input: style weights [S] (convex)
 
 
 class _Graph:
@@ -90,42 +91,21 @@ def _pad_const(g: _Graph, x, pad: int, mode: str):
     return g.op("Pad", [x, g.const(np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))], mode=mode)
 
 
-def _norm(g: _Graph, x, kind: str, p, stats):
-    scale = g.const(np.asarray(p["scale"], np.float32), "scale", True)
-    bias = g.const(np.asarray(p["bias"], np.float32), "shift", True)
-    if kind == "batch":
-        mean = g.const(np.asarray(stats["mean"], np.float32), "mean", True)
-        var = g.const(np.asarray(stats["var"], np.float32), "var", True)
-        return g.op("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
-    if kind == "conditional_instance":  # gamma, beta = style @ [S, C] rows; the style is an input
-        ones, zeros = (g.const(np.full(p["scale"].shape[1], v, np.float32)) for v in (1.0, 0.0))
-        y = g.op("InstanceNormalization", [x, ones, zeros], epsilon=1e-5)
-        shape = g.const(np.array([1, -1, 1, 1], np.int64))
-        gamma, beta = (g.op("Reshape", [g.op("MatMul", [STYLE_INPUT, w]), shape]) for w in (scale, bias))
-        return g.op("Add", [g.op("Mul", [y, gamma]), beta])
-    return g.op("InstanceNormalization", [x, scale, bias], epsilon=1e-5)
+def _res(g: _Graph, x, p, stats, norm, paper: bool):
+    """A residual block (`nets.ResidualBlock`): conv, norm, ReLU, conv, norm, identity added (cropped
+    by 2 on each side after the paper's unpadded convs)."""
+    n0, n1 = nets.RES_NORMS
+    y = _conv(g, x, p["conv0"], pad=0 if paper else 1, reflect=not paper)
+    y = g.op("Relu", [norm.onnx(g, y, p[n0], stats.get(n0))])
+    y = norm.onnx(g, _conv(g, y, p["conv1"], pad=0 if paper else 1, reflect=not paper), p[n1], stats.get(n1))
+    if paper:
+        x = g.op("Slice", [x, g.const(np.array([2, 2], np.int64)), g.const(np.array([-2, -2], np.int64)),
+                           g.const(np.array([2, 3], np.int64))])
+    return g.op("Add", [x, y])
 
 
-def _up(g: _Graph, x, kind: str, p, *, edge_pad: bool):
-    kernel, bias = np.asarray(p["kernel"], np.float32), np.asarray(p["bias"], np.float32)
-    if kind == "transpose":
-        # flax's ConvTranspose(3x3, stride 2, 'SAME') = ONNX ConvTranspose with the kernel flipped,
-        # laid out (in, out, kh, kw), padding 0 before and 1 after (output 2n).
-        w = kernel[::-1, ::-1].transpose(2, 3, 0, 1)
-        w = g.const(np.ascontiguousarray(w), "w", True)
-        return g.op("ConvTranspose", [x, w, g.const(bias, "b", True)], kernel_shape=[3, 3], strides=[2, 2],
-                    pads=[0, 0, 1, 1])
-    # nearest x2 then a 3x3 conv; reflection padding of the upsampled image = edge padding
-    up = g.op("Resize", [x, "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest",
-              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-    if edge_pad:
-        up = _pad_const(g, up, 1, "edge")
-    return g.op("Conv", [up, g.const(kernel.transpose(3, 2, 0, 1), "w", True), g.const(bias, "b", True)],
-                kernel_shape=[3, 3], pads=[0 if edge_pad else 1] * 4)
-
-
-# (Long: it writes the network layer by layer in the order of `nets.TransformNet.__call__`, so the
-# two can be read side by side.)
+# (Long: the input mapping and padding, the walk over `nets.layer_plan`, the crop and the output
+# mapping, and the graph's inputs and metadata, in the order the network computes them.)
 def onnx_graph(model: Model, *, dtype: str = "float32"):
     """The model as an `onnx.ModelProto` (see the module docstring for its conventions)."""
     onnx = need("onnx", "deploy", "ONNX export")
@@ -135,7 +115,7 @@ def onnx_graph(model: Model, *, dtype: str = "float32"):
         raise FastnstError(f"ONNX dtype must be float32 or float16, got {dtype!r}")
     net, cfg = model.net, model.config
     params, stats = model.variables["params"], model.variables.get("batch_stats", {})
-    kind = cfg["norm"]
+    norm, up = variants.norm(net.norm), variants.upsample(net.upsample)
     paper = net.padding == "paper"
     g = _Graph(np.float16 if dtype == "float16" else np.float32)
     mult = 2 ** len(net.down)
@@ -153,28 +133,15 @@ def onnx_graph(model: Model, *, dtype: str = "float32"):
     if paper:
         x = _pad_const(g, x, 2 * net.num_res * mult, "reflect")
 
-    def conv_norm_relu(x, name, norm_name, stride=1):
-        x = _conv(g, x, params[name], stride=stride, pad=params[name]["kernel"].shape[0] // 2,
-                  reflect=not paper)
-        return g.op("Relu", [_norm(g, x, kind, params[norm_name], stats.get(norm_name))])
-
-    x = conv_norm_relu(x, "conv_in", "norm_in")
-    for i in range(len(net.down)):
-        x = conv_norm_relu(x, f"down{i}", f"norm_down{i}", stride=2)
-    for i in range(net.num_res):
-        p, s = params[f"res{i}"], stats.get(f"res{i}", {})
-        y = _conv(g, x, p["conv0"], pad=0 if paper else 1, reflect=not paper)
-        y = g.op("Relu", [_norm(g, y, kind, p["norm0"], s.get("norm0"))])
-        y = _norm(g, _conv(g, y, p["conv1"], pad=0 if paper else 1, reflect=not paper), kind, p["norm1"],
-                  s.get("norm1"))
-        if paper:  # unpadded convs: crop the identity by 2 on each side
-            x = g.op("Slice", [x, g.const(np.array([2, 2], np.int64)), g.const(np.array([-2, -2], np.int64)),
-                               g.const(np.array([2, 3], np.int64))])
-        x = g.op("Add", [x, y])
-    for i in range(len(net.up)):
-        x = _up(g, x, cfg["upsample"], params[f"up{i}"], edge_pad=not paper)
-        x = g.op("Relu", [_norm(g, x, kind, params[f"norm_up{i}"], stats.get(f"norm_up{i}"))])
-    x = _conv(g, x, params["conv_out"], pad=4, reflect=not paper)
+    for blk in nets.layer_plan(net):
+        if blk.kind == "res":
+            x = _res(g, x, params[blk.name], stats.get(blk.name, {}), norm, paper)
+        elif blk.kind == "up":
+            x = up.onnx(g, x, params[blk.name], edge_pad=not paper)
+        else:
+            x = _conv(g, x, params[blk.name], stride=blk.stride, pad=blk.kernel // 2, reflect=not paper)
+        if blk.norm:
+            x = g.op("Relu", [norm.onnx(g, x, params[blk.norm], stats.get(blk.norm))])
     ends = g.op("Mul", [hw, g.const(np.array([factor, factor], np.int64))])
     x = g.op("Slice", [x, g.const(np.array([0, 0], np.int64)), ends, g.const(np.array([2, 3], np.int64))])
     # Clip before Tanh: OpenCV's DNN module fuses Conv+Tanh into a kernel that returns NaN for large
@@ -185,7 +152,7 @@ def onnx_graph(model: Model, *, dtype: str = "float32"):
     g.nodes.append(helper.make_node("Transpose", [x], ["output"], perm=[0, 2, 3, 1]))
 
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", "height", "width", 3])]
-    if kind == "conditional_instance":
+    if norm.multistyle:
         inputs.append(helper.make_tensor_value_info(STYLE_INPUT, TensorProto.FLOAT, [net.num_styles]))
     graph = helper.make_graph(
         g.nodes, f"fastnst_{cfg['task']}", inputs,

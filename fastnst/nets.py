@@ -21,9 +21,10 @@ al.) | conditional_instance (a gamma and beta per style, Dumoulin et al. 2017; t
 style weights and `num_styles` says how many); `upsample` = transpose (paper, fractionally strided
 conv) | resize_conv (nearest x2 then 3x3 conv; avoids checkerboard artefacts); `padding` = paper
 (one big reflection pad, unpadded residual convs) | reflect_same (reflection padding at every conv);
-`width` multiplies every hidden width; `scale` is the SR factor (1 for style). Normalisation and
-upsampling are injected into the module as factories (`NORMS`, `UPSAMPLES`), so a new variant is
-one function and one dict entry.
+`width` multiplies every hidden width; `scale` is the SR factor (1 for style). Norms and upsamplings
+are registry entries (`variants.NORMS`, `variants.UPSAMPLES`) that own their facts; the net holds
+their names. The layers in order are `layer_plan(net)`, which `TransformNet.__call__` and the ONNX
+export both walk, so the topology is written once.
 """
 
 from __future__ import annotations
@@ -38,50 +39,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fastnst import layers
+from fastnst import layers, variants
 from fastnst.errors import ConfigError
 
 ModuleDef = Any
 
 
-# --------------------------------------------------------------------------- injected parts
-# Module-level functions, not partials: a net's fields must compare equal across rebuilds so that
-# jitted inference (static net) compiles once per shape.
-
-
-def batch_norm(train: bool, name: str, dtype=None) -> nn.Module:
-    """Batch norm (the paper's): batch statistics in training, running averages otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
-
-
-def instance_norm(train: bool, name: str, dtype=None) -> nn.Module:
-    """Instance norm (Ulyanov et al., 2016): per-image statistics, always."""
-    del train
-    return nn.InstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
-
-
-def transpose_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
-    """Stride-1/2 3x3 conv; same output size as torch's ConvTranspose2d(k=3, s=2, p=1, output_padding=1)."""
-    del edge_pad
-    return nn.ConvTranspose(features, (3, 3), strides=(2, 2), padding="SAME", dtype=dtype, name=name)
-
-
-def resize_conv_up(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
-    """Nearest x2 then 3x3 conv (Odena et al., 2016), computed by `NearestUpConv`."""
-    return layers.NearestUpConv(features, edge_pad=edge_pad, dtype=dtype or jnp.float32, name=name)
-
-
-def conditional_instance_norm(train: bool, name: str, dtype=None) -> nn.Module:
-    """Instance norm with a gamma and beta per style (`layers.ConditionalInstanceNorm`): the
-    multi-style network; the net passes it the style weights."""
-    del train
-    return layers.ConditionalInstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
-
-
-NORMS: dict[str, Callable[[bool, str], nn.Module]] = {"batch": batch_norm, "instance": instance_norm,
-                                                      "conditional_instance": conditional_instance_norm}
-UPSAMPLES: dict[str, Callable[..., nn.Module]] = {"transpose": transpose_up,
-                                                   "resize_conv": resize_conv_up}
 PADDINGS = ("paper", "reflect_same")
 
 
@@ -98,9 +61,6 @@ def _reflect(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect") if pad else x
 
 
-# _PHASE[p][u][t]: whether tap t (offset -1, 0, +1) of a 3x3 conv on the nearest-upsampled image,
-# at an output row of parity p, reads row u of a 2-row window of the low-resolution image that
-# starts at row offset p - 1 (parity 0 reads rows i-1, i, i; parity 1 reads i, i+1, i+1).
 def _conv(x: jax.Array, features: int, kernel: int, *, name: str, reflect: bool, stride: int = 1,
           pad: bool = True, dtype=jnp.float32) -> jax.Array:
     """A conv with `kernel // 2` padding (reflected or zero) or none (`pad=False`)."""
@@ -123,7 +83,7 @@ class ResidualBlock(nn.Module):
     """
 
     channels: int
-    norm: Callable[..., nn.Module]
+    norm: str  # a `variants.NORMS` name
     paper_padding: bool = True
     dtype: Any = jnp.float32
 
@@ -132,12 +92,46 @@ class ResidualBlock(nn.Module):
         pad, reflect = not self.paper_padding, not self.paper_padding
         d = self.dtype
         y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad, dtype=d)
-        y = nn.relu(_norm(self.norm(train, "norm0", d), y, style))
-        y = _norm(self.norm(train, "norm1", d), _conv(y, self.channels, 3, name="conv1", reflect=reflect,
+        make = variants.norm(self.norm).make
+        y = nn.relu(_norm(make(train, "norm0", d), y, style))
+        y = _norm(make(train, "norm1", d), _conv(y, self.channels, 3, name="conv1", reflect=reflect,
                                                       pad=pad, dtype=d), style)
         if self.paper_padding:
             x = x[:, 2:-2, 2:-2, :]
         return x + y
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One step of the network: `conv` (a conv, then its norm and ReLU when `norm` names one),
+    `res` (a residual block of `features` channels) or `up` (x2 upsampling to `features`, norm, ReLU).
+    `name` is the parameter scope of its conv, block or upsampling, `norm` that of its norm layer."""
+
+    kind: str
+    name: str
+    features: int
+    kernel: int = 3
+    stride: int = 1
+    norm: str | None = None
+
+
+def layer_plan(net) -> tuple[Block, ...]:
+    """The network's layers in order, between the input mapping and padding (`TransformNet`) and
+    the final crop and tanh: the one description of its topology."""
+    return (Block("conv", "conv_in", net.stem, 9, norm="norm_in"),
+            *(Block("conv", f"down{i}", c, 3, 2, f"norm_down{i}") for i, c in enumerate(net.down)),
+            *(Block("res", f"res{i}", net.res_channels) for i in range(net.num_res)),
+            *(Block("up", f"up{i}", c, norm=f"norm_up{i}") for i, c in enumerate(net.up)),
+            Block("conv", "conv_out", 3, 9))
+
+
+RES_NORMS = ("norm0", "norm1")  # the norm layers inside a residual block, in order
+
+
+def norm_scopes(net) -> tuple[tuple[str, ...], ...]:
+    """The parameter scope of every norm layer of the net (e.g. ('norm_in',), ('res0', 'norm0'))."""
+    return tuple((b.norm,) if b.kind != "res" else (b.name, n)
+                 for b in layer_plan(net) for n in (RES_NORMS if b.kind == "res" else (b.norm,)) if n)
 
 
 class TransformNet(nn.Module):
@@ -148,8 +142,8 @@ class TransformNet(nn.Module):
       down: channels of each stride-2 3x3 conv.
       res_channels / num_res: residual blocks.
       up: channels of each x2 up-sampling layer.
-      norm: normalisation factory `(train, name) -> module` (see `NORMS`).
-      upsample: up-sampling factory `(features, edge_pad=, name=) -> module` (see `UPSAMPLES`).
+      norm: the normalisation's name in `variants.NORMS`.
+      upsample: the up-sampling's name in `variants.UPSAMPLES`.
       padding: 'paper' or 'reflect_same' (see the module docstring).
       num_styles: styles of a multi-style net (`norm` conditional_instance); 1 otherwise.
     """
@@ -159,8 +153,8 @@ class TransformNet(nn.Module):
     num_res: int = 5
     res_channels: int = 128
     up: tuple[int, ...] = (64, 32)
-    norm: Callable[..., nn.Module] = batch_norm
-    upsample: Callable[..., nn.Module] = transpose_up
+    norm: str = "batch"
+    upsample: str = "transpose"
     padding: str = "paper"
     num_styles: int = 1
     dtype: Any = jnp.float32  # computation dtype (bfloat16 for mixed precision); parameters stay float32
@@ -185,20 +179,20 @@ class TransformNet(nn.Module):
             x = _reflect_to_multiple(x, mult)
         x = _reflect(x, 2 * self.num_res * mult if paper else 0)
 
-        def conv_norm_relu(x, c, k, name, norm_name, stride=1):
-            x = _conv(x, c, k, name=name, reflect=not paper, stride=stride, dtype=self.dtype)
-            return nn.relu(_norm(self.norm(train, norm_name, self.dtype), x, style))
-
-        x = conv_norm_relu(x, self.stem, 9, "conv_in", "norm_in")
-        for i, c in enumerate(self.down):
-            x = conv_norm_relu(x, c, 3, f"down{i}", f"norm_down{i}", stride=2)
-        for i in range(self.num_res):
-            block = ResidualBlock(self.res_channels, self.norm, paper, self.dtype, name=f"res{i}")
-            x = block(x, train, style)
-        for i, c in enumerate(self.up):
-            x = self.upsample(c, edge_pad=not paper, name=f"up{i}", dtype=self.dtype)(x)
-            x = nn.relu(_norm(self.norm(train, f"norm_up{i}", self.dtype), x, style))
-        x = _conv(x, 3, 9, name="conv_out", reflect=not paper, dtype=self.dtype).astype(jnp.float32)
+        make_norm = variants.norm(self.norm).make
+        for blk in layer_plan(self):
+            if blk.kind == "res":
+                x = ResidualBlock(blk.features, self.norm, paper, self.dtype, name=blk.name)(x, train, style)
+                continue
+            if blk.kind == "up":
+                x = variants.upsample(self.upsample).make(blk.features, edge_pad=not paper, name=blk.name,
+                                                          dtype=self.dtype)(x)
+            else:
+                x = _conv(x, blk.features, blk.kernel, name=blk.name, reflect=not paper, stride=blk.stride,
+                          dtype=self.dtype)
+            if blk.norm:
+                x = nn.relu(_norm(make_norm(train, blk.norm, self.dtype), x, style))
+        x = x.astype(jnp.float32)
 
         factor = 2 ** len(self.up) // mult  # 1 for style transfer, the SR scale for SR
         x = x[:, : h * factor, : w * factor]
@@ -220,9 +214,9 @@ def style_net(*, norm: str = "batch", upsample: str = "transpose", padding: str 
         raise ConfigError(f"model.scale must be 1 for a style network, got {scale}")
     if num_styles != int(num_styles) or not 1 <= num_styles <= 1024:
         raise ConfigError(f"model.num_styles must be an integer in [1, 1024], got {num_styles}")
-    if num_styles > 1 and norm != "conditional_instance":
+    if num_styles > 1 and not variants.norm(norm).multistyle:
         raise ConfigError(f"model.num_styles is {num_styles}: several styles need "
-                          "model.norm=conditional_instance")
+                          f"model.norm={_multistyle_kinds()}")
     c = lambda n: _width(n, width)  # noqa: E731
     return TransformNet(stem=c(32), down=(c(64), c(128)), num_res=5, res_channels=c(128),
                         up=(c(64), c(32)), num_styles=int(num_styles), **_parts(norm, upsample, padding))
@@ -233,19 +227,22 @@ def sr_net(scale: int = 4, *, norm: str = "batch", upsample: str = "transpose", 
     """The paper's super-resolution network for an upsampling factor of 2, 4 or 8."""
     if scale not in (2, 4, 8):
         raise ConfigError(f"model.scale must be 2, 4 or 8 for super-resolution, got {scale}")
-    if norm == "conditional_instance":
-        raise ConfigError("model.norm=conditional_instance (several styles) is for style networks")
+    if variants.norm(norm).multistyle:
+        raise ConfigError(f"model.norm={norm} (several styles) is for style networks")
     c = _width(64, width)
     return TransformNet(stem=c, down=(), num_res=4, res_channels=c, up=(c,) * int(math.log2(scale)),
                         **_parts(norm, upsample, padding))
 
 
+def _multistyle_kinds() -> str:
+    return " or ".join(k for k, v in variants.NORMS.items() if v.multistyle)
+
+
 def _parts(norm: str, upsample: str, padding: str) -> dict:
-    for key, value, known in (("norm", norm, NORMS), ("upsample", upsample, UPSAMPLES),
-                              ("padding", padding, PADDINGS)):
-        if value not in known:
-            raise ConfigError(f"model.{key} must be one of {', '.join(known)}, got {value!r}")
-    return dict(norm=NORMS[norm], upsample=UPSAMPLES[upsample], padding=padding)
+    variants.norm(norm), variants.upsample(upsample)  # unknown kinds: one line naming the known ones
+    if padding not in PADDINGS:
+        raise ConfigError(f"model.padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return dict(norm=norm, upsample=upsample, padding=padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,9 +314,17 @@ def init(net: TransformNet, rng: jax.Array, size: int = 64, scale: int = 1) -> d
     return net.init(rng, x, style=style_weights(net, 0) if is_multistyle(net) else None)
 
 
+def per_style(net: TransformNet, params) -> Any:
+    """A tree like `params` of bools: True at the parameters held per style ([S, C]: the
+    `variants.NormKind.per_style` parameters of every norm layer of a multi-style net)."""
+    scopes, names = set(norm_scopes(net)), set(variants.norm(net.norm).per_style)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: (tuple(k.key for k in path[:-1]) in scopes and path[-1].key in names), params)
+
+
 def is_multistyle(net: TransformNet) -> bool:
     """Whether the net takes style weights (conditional instance norm)."""
-    return net.norm is conditional_instance_norm
+    return variants.norm(net.norm).multistyle
 
 
 def style_weights(net: TransformNet, index: int) -> jax.Array:

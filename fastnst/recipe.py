@@ -2,10 +2,9 @@
 
 The set, as units trained one after the other (each one `train.train_and_evaluate` run):
   * one network per style image (`STYLES` by default; `--units=styles` names them all), instance
-    norm and resize-convolution like the shipped models, each its own unit; with `side_by_side`,
-    one unit `styles` trained in one jitted step (`step.side_by_side_step`; not the default: measured
-    slower per network on both devices tried, README); with `multistyle`, one conditional-instance-
-    norm network (models/multistyle.msgpack, each style also baked into its own model file);
+    norm and resize-convolution like the shipped models, each its own unit; with `side_by_side`, one
+    unit `styles` in one vmapped step (slower per network on both devices tried); with `multistyle`,
+    one multi-style network (models/multistyle.msgpack; each style also baked into its own file);
   * `sr_x4_feature`, `sr_x4_pixel`, `sr_x8_feature`, `sr_x8_pixel`: the paper's SR networks with
     resize-convolution upsampling (transposed convolutions leave a cross-hatch), and
     `sr_x4_bicubic` (pixel loss, on the bicubic-only degradation the SR evaluation uses).
@@ -48,6 +47,7 @@ from fastnst import (
     train,
 )
 from fastnst.errors import ConfigError
+from fastnst.variants import norm as norm_kind
 
 # The four shipped so far, then two public-domain paintings (../shared/data/MANIFEST.md).
 STYLES = ("the_scream", "starry_night", "candy", "mosaic", "composition_vii", "wave")
@@ -98,7 +98,7 @@ class Unit:
 
     @property
     def is_multistyle(self) -> bool:
-        return self.config.model.norm == "conditional_instance"
+        return norm_kind(self.config.model.norm).multistyle
 
     def model_files(self, workdir: Path) -> dict[str, Path]:
         """{model name: file} of what the run exported. A multi-style network is also written as

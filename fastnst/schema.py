@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastnst import data, losses, nets, warmstart
+from fastnst import data, losses, nets, variants, warmstart
 from fastnst.errors import ConfigError
 
 # Keys that may differ when resuming a workdir: they change how long or how verbosely a run goes,
@@ -93,7 +93,7 @@ class Config:
     @property
     def side_by_side(self) -> int:
         """How many single-style networks this run trains side by side (0: one network)."""
-        return len(self.style_images) if self.model.get("norm") != "conditional_instance" else 0
+        return len(self.style_images) if not variants.norm(self.model["norm"]).multistyle else 0
 
     @property
     def scale(self) -> int:
@@ -205,7 +205,7 @@ def _style_images(given, model: Mapping, spec: losses.LossSpec, start) -> tuple[
     if isinstance(given, str) or not isinstance(given, list | tuple) or not all(
             isinstance(p, str) and p for p in given):
         raise ConfigError(f"style_images must be a list of image paths, got {given!r}")
-    if model.get("norm") != "conditional_instance":  # one net per style, trained side by side
+    if not variants.norm(model["norm"]).multistyle:  # one net per style, trained side by side
         if given and model["task"] != "style":
             raise ConfigError("style_images is for style networks")
         if given and start:

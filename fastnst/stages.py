@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from fastnst import nets
+from fastnst import nets, variants
+from fastnst.errors import ConfigError
 
 
 def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
@@ -35,15 +36,20 @@ def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
     return 4 * total
 
 
-# Stages end where whole-image statistics are needed. Batch norm in inference is pointwise, so a
-# batch-norm network is one stage: the whole network per window (no buffers), with its full reach.
-_STATS_NORMS = (nn.InstanceNorm,)
+# Stages end where whole-image statistics are needed (`NormKind.image_stats`). Batch norm in inference
+# is pointwise: a batch-norm network is one stage, the whole network per window, with its full reach.
 OUTPUT = "output"
 
 
-def _norm_name(context) -> str | None:
+def _stats_kind(net, module) -> variants.NormKind | None:
+    """The net's norm kind if `module` is one of its norm layers with whole-image statistics."""
+    kind = variants.norm(net.norm)
+    return kind if kind.image_stats and variants.is_layer_of(module, kind) else None
+
+
+def _norm_name(net, context) -> str | None:
     """The path of a normalisation layer with whole-image statistics being called, else None."""
-    if isinstance(context.module, _STATS_NORMS) and context.method_name == "__call__":
+    if context.method_name == "__call__" and _stats_kind(net, context.module) is not None:
         return "/".join(context.module.path)
     return None
 
@@ -114,13 +120,16 @@ def _probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
     """For each of two input sizes, the input shape of every module call (path -> [(shape, is an
     instance norm, owns a kernel)]) and the output shape: two shape-only runs (`jax.eval_shape`)
     of the network."""
+    if (kind := variants.norm(net.norm)).image_stats and kind.normalise is None:
+        hint = ": choose a style first (styles.select)" if kind.multistyle else ""
+        raise ConfigError(f"model.norm={net.norm} cannot run window by window{hint}")
     seen: dict[str, list] = {}
 
     def interceptor(next_fun, args, kwargs, context):
         if args and getattr(args[0], "ndim", 0) == 4 and context.method_name == "__call__":
             m = context.module
             seen.setdefault("/".join(m.path), []).append(
-                (args[0].shape, isinstance(m, _STATS_NORMS), m.has_variable("params", "kernel")))
+                (args[0].shape, _stats_kind(net, m) is not None, m.has_variable("params", "kernel")))
         return next_fun(*args, **kwargs)
 
     variables, outs = _abstract_variables(net), []
@@ -228,13 +237,12 @@ def _forward_to(net, target: str, variables, image, inputs: dict, stats: dict, c
         name = "/".join(context.module.path)
         if name == target:
             raise _Reached(args[0])
-        if _norm_name(context) is None:  # a module: from its buffered input (the residual stream)
+        if _norm_name(net, context) is None:  # a module: from its buffered input (the residual stream)
             return next_fun(*((inputs[name], *args[1:]) if name in inputs else args), **kwargs)
         if name not in inputs:
             return jnp.zeros_like(args[0])
-        a, m, (mean, var) = inputs[name], context.module, stats[name]
-        y = (a - mean) * jax.lax.rsqrt(var + m.epsilon)
-        return y * m.get_variable("params", "scale") + m.get_variable("params", "bias")
+        mean, var = stats[name]
+        return _stats_kind(net, context.module).normalise(inputs[name], mean, var, context.module)
 
     try:
         with nn.intercept_methods(interceptor), _cropped(*crops) if crops else contextlib.nullcontext():

@@ -1,8 +1,9 @@
 """Choosing and mixing the styles of a multi-style model (conditional instance norm).
 
-A multi-style model holds one gamma and beta per style in each norm layer ([S, C]) and the style
-names in its file (`meta["styles"]`). `select(model, "candy:0.7,udnie:0.3")` bakes a choice into
-an ordinary instance-norm model (gamma = w @ gamma_S, beta = w @ beta_S), so everything that takes
+A multi-style model holds one gamma and beta per style in each norm layer ([S, C]: the norm kind's
+`per_style` parameters) and the style names in its file (`meta["styles"]`). `select(model,
+"candy:0.7,udnie:0.3")` bakes a choice into an ordinary model of the kind's `baked` norm (instance
+norm: gamma = w @ gamma_S, beta = w @ beta_S), so everything that takes
 a model -- tiling, video, colour preservation, strength, export -- works on it unchanged.
 """
 
@@ -13,12 +14,13 @@ import math
 import jax
 import numpy as np
 
+from fastnst import nets, variants
 from fastnst.errors import ConfigError
 from fastnst.modelfile import Model
 
 
 def is_multistyle(model: Model) -> bool:
-    return model.config.get("norm") == "conditional_instance"
+    return nets.is_multistyle(model.net)
 
 
 def names(model: Model) -> list[str]:
@@ -72,11 +74,12 @@ def select(model: Model, style: str | None) -> Model:
                           "mix with --style (e.g. --style=0 or --style=a:0.7,b:0.3)")
     w = weights(style, styles)
 
-    def bake(leaf):  # only the conditional norms' gamma and beta are [S, C]
-        return np.asarray(w @ np.asarray(leaf)) if np.ndim(leaf) == 2 else leaf
+    def bake(leaf, held_per_style):
+        return np.asarray(w @ np.asarray(leaf)) if held_per_style else leaf
 
-    variables = jax.tree.map(bake, model.variables)
-    config = {**model.config, "norm": "instance", "num_styles": 1}
+    params = model.variables["params"]
+    variables = {**model.variables, "params": jax.tree.map(bake, params, nets.per_style(model.net, params))}
+    config = {**model.config, "norm": variants.norm(model.net.norm).baked, "num_styles": 1}
     mix = {s: float(x) for s, x in zip(styles, w, strict=True) if x > 0}
     return Model(config=config, variables=variables, meta={**model.meta, "styles": None, "style_mix": mix})
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from skimage import color
 
-from fastnst import images, tiling
+from fastnst import images, nets, tiling
 from fastnst.errors import ConfigError, FastnstError
 from fastnst.modelfile import Model, load_model
 
@@ -55,7 +55,7 @@ def apply(model: Model, batch: np.ndarray | jax.Array, *, budget: int | None = N
     chex.assert_rank(x, 4)
     chex.assert_axis_dimension(x, 3, 3)
     net = model.net
-    if model.config.get("norm") == "conditional_instance":
+    if nets.is_multistyle(net):
         raise ConfigError("a multi-style model: choose a style or a mix first (styles.select)")
     budget = budget or tiling.default_budget()
     n, h, w, _ = x.shape

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from fastnst import modelfile
+from fastnst import modelfile, nets, variants
 from fastnst.errors import ConfigError
 
 
@@ -43,7 +42,7 @@ def plan(path: str, model_block: Mapping, num_new_styles: int) -> tuple[Start, d
     from fastnst import styles
 
     m = modelfile.load_model(path)
-    adding = all(c.get("norm") == "conditional_instance" for c in (m.config, model_block))
+    adding = all(variants.norm(c.get("norm", "batch")).multistyle for c in (m.config, model_block))
     want = dict(model_block)
     if adding:
         want["num_styles"] = m.config["num_styles"] + num_new_styles
@@ -58,10 +57,6 @@ def plan(path: str, model_block: Mapping, num_new_styles: int) -> tuple[Start, d
     if adding:
         return Start(m, m.config["num_styles"], tuple(styles.names(m))), want
     return Start(m, None), want
-
-
-def _is_style_row(leaf) -> bool:
-    return np.ndim(leaf) == 2  # only the conditional norms' gamma/beta are [S, C]
 
 
 def initial_variables(start: Start, fresh: Mapping) -> dict:
@@ -82,4 +77,6 @@ def trainable(start: Start | None):
     """A labelling of the parameters for `optax.multi_transform`, or None when all are trained."""
     if start is None or start.old_styles is None:
         return None
-    return lambda params: jax.tree.map(lambda p: "train" if _is_style_row(p) else "frozen", params)
+    net = start.model.net
+    return lambda params: jax.tree.map(lambda per_style: "train" if per_style else "frozen",
+                                       nets.per_style(net, params))

@@ -243,14 +243,17 @@ def _conv_input_bytes(net, h, w) -> int:
     return 4 * total
 
 
-def test_activation_bytes_come_from_the_network_also_for_options_tiling_never_saw():
+def test_activation_bytes_come_from_the_network_also_for_options_tiling_never_saw(monkeypatch):
     import flax.linen as nn
+
+    from fastnst import variants
 
     def strided_up(features, *, edge_pad, name, dtype=None):  # an upsampling no fastnst net has
         return nn.ConvTranspose(features, (4, 4), strides=(2, 2), name=name, dtype=dtype)
 
+    monkeypatch.setitem(variants.UPSAMPLES, "strided", variants.UpsampleKind("strided", strided_up, None))
     deeper = nets.style_net(norm="instance", padding="reflect_same").clone(
-        num_res=2, down=(16, 32, 64), res_channels=64, up=(32, 16, 8), upsample=strided_up)
+        num_res=2, down=(16, 32, 64), res_channels=64, up=(32, 16, 8), upsample="strided")
     for net in (nets.style_net(), nets.style_net(norm="instance", upsample="resize_conv",
                                                  padding="reflect_same"), nets.sr_net(4), deeper):
         got, want = tiling.activation_bytes(net, 64, 96), _conv_input_bytes(net, 64, 96)
