@@ -96,7 +96,7 @@ def _more(page):
     """Opens the folded options (video, own model file, strength, colours, size)."""
     if not page.locator("#model-file input[type=file]").count():
         page.get_by_text("More: a video").click()
-    page.wait_for_selector("#model-file input[type=file]", state="attached")
+    page.wait_for_selector("#model-file input[type=file]", state="attached", timeout=60_000)  # (under load)
 
 
 def _stylize(page, photo: Path, style_index: int | None = None, timeout_ms: int = 180_000) -> np.ndarray:
