@@ -92,9 +92,9 @@ class ResidualBlock(nn.Module):
         pad, reflect = not self.paper_padding, not self.paper_padding
         d = self.dtype
         y = _conv(x, self.channels, 3, name="conv0", reflect=reflect, pad=pad, dtype=d)
-        make = variants.norm(self.norm).make
-        y = nn.relu(_norm(make(train, "norm0", d), y, style))
-        y = _norm(make(train, "norm1", d), _conv(y, self.channels, 3, name="conv1", reflect=reflect,
+        make, (n0, n1) = variants.norm(self.norm).make, RES_NORMS
+        y = nn.relu(_norm(make(train, n0, d), y, style))
+        y = _norm(make(train, n1, d), _conv(y, self.channels, 3, name="conv1", reflect=reflect,
                                                       pad=pad, dtype=d), style)
         if self.paper_padding:
             x = x[:, 2:-2, 2:-2, :]
@@ -130,8 +130,10 @@ RES_NORMS = ("norm0", "norm1")  # the norm layers inside a residual block, in or
 
 def norm_scopes(net) -> tuple[tuple[str, ...], ...]:
     """The parameter scope of every norm layer of the net (e.g. ('norm_in',), ('res0', 'norm0'))."""
-    return tuple((b.norm,) if b.kind != "res" else (b.name, n)
-                 for b in layer_plan(net) for n in (RES_NORMS if b.kind == "res" else (b.norm,)) if n)
+    scopes = []
+    for b in layer_plan(net):
+        scopes += [(b.name, n) for n in RES_NORMS] if b.kind == "res" else [(b.norm,)] if b.norm else []
+    return tuple(scopes)
 
 
 class TransformNet(nn.Module):
