@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import gatys, losses, nets, vgg
+from fastnst import gatys, losses, nets, perceptual, vgg
 
 PAPER_STYLE = dict(norm="batch", upsample="transpose", padding="paper")
 # The architecture of shared/peers/torch_peer.py (instance norm, reflection padding at every
@@ -108,7 +108,7 @@ def train_step(loss: Mapping, size: int = 256, batch: int = 4, *, variant=PAPER_
 def lbfgs(spec: losses.LossSpec, size: int, counts=LBFGS_COUNTS, *, vgg_params, repeats: int = 1) -> dict:
     """{n: measure(...)} for n projected L-BFGS iterations of objective `spec` from noise at size²."""
     content, style = np.asarray(_image(size)[0]), np.asarray(_image(size, seed=2)[0])
-    cf, sg = gatys.targets(spec, vgg_params, content, style)
+    cf, sg = perceptual.targets(spec, vgg_params, content, style)
     x0 = gatys.initial_image("noise", (size, size), content=None, key=jax.random.key(0))
     out = {}
     for n in counts:

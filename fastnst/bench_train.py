@@ -80,7 +80,7 @@ def throughput(loss, task: str = "style", *, batches=(4, 16), size: int = 256, v
     peak on a GPU, a measured float32 matmul on a CPU). `loss` is a `config.loss` block; the
     network is the paper's (`variant` overrides), SR at x4 with `size` the HR crop. VGG-16 has
     random weights of the real shapes (the same work as the real ones)."""
-    from fastnst import augment, flops, keys, losses, nets, parallel, vgg
+    from fastnst import augment, flops, keys, losses, nets, parallel, perceptual, vgg
     from fastnst.step import StepInputs, create_train_state, train_step
 
     variant = dict(variant or bench.PAPER_STYLE)
@@ -90,7 +90,7 @@ def throughput(loss, task: str = "style", *, batches=(4, 16), size: int = 256, v
     spec = losses.LossSpec.from_config(loss)
     vgg_params = vgg.random_params()
     style = np.asarray(bench._image(size, seed=2)[0])
-    grams = losses.style_targets(vgg_params, style, spec.style_layers, size) if spec.style_layers else {}
+    grams = perceptual.style_grams(vgg_params, style, spec.style_layers, size) if spec.style_layers else {}
     src = data.SyntheticSource(photos, shape=(size * 5 // 4, size * 3 // 2))
     pics = [images.to_uint8(data.prepare_photo(src.load(i), size, scale if scale > 1 else 0))
             for i in range(photos)]

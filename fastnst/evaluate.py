@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import discs, gatys, images, losses, metrics, stylize, vgg
+from fastnst import discs, gatys, images, losses, metrics, perceptual, stylize, vgg
 from fastnst.errors import FastnstError
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # HxWx3 LR -> (scale*H)x(scale*W)x3 SR
@@ -227,12 +227,14 @@ def write_sr_results(results: dict, out: str | os.PathLike) -> str:
 
 
 def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.PathLike], *,
-         spec: losses.LossSpec, style_size: int, size: int = 256, iters: int = 300,
-         checkpoints: Sequence[int] = (50, 100, 300), limit: int = 0,
+         spec: losses.LossSpec | None = None, style_size: int | None = None, size: int = 256,
+         iters: int = 300, checkpoints: Sequence[int] = (50, 100, 300), limit: int = 0,
          out: str | os.PathLike = "runs/eval_style", on_photo: Callable | None = None,
          progress: Callable[[int, float], None] | None = None) -> str:
     """Paper Fig. 5 for one style model on held-out photos; writes table.md, results.json,
-    curves.png and photo | network | L-BFGS figures of the first three photos into `out`."""
+    curves.png and photo | network | L-BFGS figures of the first three photos into `out`. The
+    objective (`spec`, `style_size`) is by default the one the model was trained with
+    (`perceptual.of_model`)."""
     import json
 
     from fastnst import plots
@@ -245,8 +247,10 @@ def fig5(model: str, style_path: str | os.PathLike, photos: Sequence[str | os.Pa
     net = stylize.load_model(model)
     if net.config["task"] != "style":
         raise FastnstError(f"{model}: not a style model")
+    trained_spec, trained_size = perceptual.of_model(net.meta)
+    spec, style_size = spec or trained_spec, style_size or trained_size
     params = vgg.load_params()
-    grams = losses.style_targets(params, images.load_image(style_path), spec.style_layers, style_size)
+    grams = perceptual.style_grams(params, images.load_image(style_path), spec.style_layers, style_size)
     rows = style_vs_lbfgs(net, params, spec, grams, squares, iters=iters, on_photo=on_photo,
                           progress=progress)
     out = Path(out)

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 import optax.tree_utils as otu
 
-from fastnst import losses, vgg
+from fastnst import losses, perceptual, vgg
 
 
 @dataclass
@@ -58,23 +58,11 @@ def objective(spec: losses.LossSpec, vgg_params: Mapping, content_feats: Mapping
     return f
 
 
-def targets(spec: losses.LossSpec, vgg_params: Mapping, content: np.ndarray | None,
-            style: np.ndarray | None) -> tuple[dict | None, dict | None]:
-    """Content features and style Grams (content and style may differ in size)."""
-    cf = sg = None
-    if spec.content_layers:
-        cf = vgg.features(vgg_params, jnp.asarray(content, jnp.float32)[None], spec.content_layers)
-    if spec.style_layers:
-        feats = vgg.features(vgg_params, jnp.asarray(style, jnp.float32)[None], spec.style_layers)
-        sg = {k: losses.gram(v) for k, v in feats.items()}
-    return cf, sg
-
-
 @functools.partial(jax.jit, static_argnames=("spec", "iters", "every", "callback"))
 def run(x0, vgg_params, content_feats, style_grams, layer_weights=None, *, spec, iters, every=0,
         callback=None):
-    """`iters` projected L-BFGS iterations from x0 towards given targets (see `targets`), in one
-    jitted `lax.scan`: returns (image, objective at the start and after every iteration)."""
+    """`iters` projected L-BFGS iterations from x0 towards given targets (`perceptual.targets`), in
+    one jitted `lax.scan`: returns (image, objective at the start and after every iteration)."""
     f = objective(spec, vgg_params, content_feats, style_grams, layer_weights)
     opt = optax.lbfgs(memory_size=10)
     project = functools.partial(jnp.clip, min=0.0, max=255.0)
@@ -141,7 +129,7 @@ def optimize(vgg_params: Mapping, spec: losses.LossSpec, *, content: np.ndarray 
         shape = content.shape[:2]
     key = jax.random.key(0) if key is None else key
     x0 = initial_image(init, tuple(shape), content=content, key=key)
-    cf, sg = targets(spec, vgg_params, content, style)
+    cf, sg = perceptual.targets(spec, vgg_params, content, style)
     lw = jax.tree.map(jnp.float32, dict(layer_weights)) if layer_weights else None
     x, values = run(x0, vgg_params, cf, sg, lw, spec=spec, iters=iters, every=every,
                     callback=callback)
@@ -189,9 +177,9 @@ _FLAGS = {"content": "--content-weight", "style": "--style-weight", "tv": "--tv-
 
 
 def cli_spec(**loss) -> losses.LossSpec:
-    """A LossSpec from command-line weights and layers, checked by `LossSpec.from_config` (one-line
+    """A LossSpec from command-line weights and layers, checked by `perceptual.spec` (one-line
     errors naming the flags)."""
-    return losses.LossSpec.from_config(loss, key_name=lambda k: _FLAGS.get(k, k))
+    return perceptual.spec(loss, key_name=lambda k: _FLAGS.get(k, k))
 
 
 def optimize_files(spec: losses.LossSpec, *, content: str | None, style: str | None, out: str,

@@ -23,9 +23,7 @@ from collections.abc import Callable, Mapping
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from fastnst import images, vgg
 from fastnst.errors import ConfigError
 
 TermFn = Callable[..., jax.Array]
@@ -106,11 +104,12 @@ class LossSpec:
         """From `config.loss`: a weight per term, `content_layers` / `style_layers`, term options.
 
         The one place of the objective's rules: unknown keys fail with the known ones listed; a
-        weight must be a finite number >= 0 and not all may be 0; layers must be VGG-16's; a content
-        or style term that is on needs its layers; an option must be a number >= 0 (an integer
-        where its default is one), whether its term is on or not. Terms with weight 0 are dropped,
-        and so are the layers of a content or style term that is off and the options of any term
-        that is off. `key_name` says how messages name a key (`bin/optimize` names its flags).
+        weight must be a finite number >= 0 and not all may be 0; a content or style term that is
+        on needs its layers (whether they are VGG-16's: `perceptual.spec`); an option must be a
+        number >= 0 (an integer where its default is one), whether its term is on or not. Terms
+        with weight 0 are dropped, and so are the layers of a content or style term that is off
+        and the options of any term that is off. `key_name` says how messages name a key
+        (`bin/optimize` names its flags).
 
         Raises:
           ConfigError: the first invalid value, in one line.
@@ -130,7 +129,6 @@ class LossSpec:
         layers = {}
         for key, term in zip(LAYER_KEYS, ("content", "style"), strict=True):
             names = tuple(loss.get(key, ()))
-            vgg.check_layers(names, key_name(key))
             if w.get(term) and not names:
                 raise ConfigError(f"{key_name(term)} is on but {key_name(key)} is empty")
             layers[key] = names if w.get(term) else ()
@@ -194,17 +192,6 @@ def style_loss(pred_feats: Mapping[str, jax.Array], target_grams: Mapping[str, j
         chex.assert_equal(g.shape[-2:], target_grams[name].shape[-2:])
         total = total + w * jnp.mean(jnp.sum(jnp.square(g - target_grams[name]), axis=(-2, -1)))
     return total
-
-
-def style_targets(vgg_params: Mapping, style_image: np.ndarray, layers, size: int) -> dict:
-    """Gram matrices [1, C, C] of the style image (longer side resized to `size`), once per run."""
-    if not layers:
-        return {}
-    h, w = style_image.shape[:2]
-    s = size / max(h, w)
-    shape = max(32, round(h * s)), max(32, round(w * s))
-    image = np.clip(images.resize(style_image, shape, method="lanczos"), 0, 255)
-    return {k: gram(f) for k, f in vgg.features(vgg_params, jnp.asarray(image[None]), layers).items()}
 
 
 def pixel_loss(pred: jax.Array, target: jax.Array) -> jax.Array:

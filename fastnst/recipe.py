@@ -229,7 +229,7 @@ def checked_job(sizes: Sizes, *, styles: list[Path] | None, photos: str | None, 
     job = select_units(units(sizes, styles=styles, photos=photos, precision=precision, multistyle=multistyle,
                              side_by_side=side_by_side), only)
     for u in job:
-        schema.validate(u.config)
+        schema.load(u.config)
     data.FolderSource(photos, holdout=sizes.holdout)
     for s in sizes.sr_sets:
         evaluate.find_set(s, Path(sr_root))

@@ -1,12 +1,14 @@
 """The training config's schema: one validation of the whole config, into one frozen, typed value.
 
-`validate(config)` checks every value of an ml_collections config (or a plain dict) before any
-work and returns a `Config`: frozen dataclasses per section, the model block completed by
-`nets.model_config` and the loss block turned into a `losses.LossSpec`. Every consumer (the
-trainer, the data pipeline) takes the `Config`; nothing reads the raw ConfigDict after it. Each rule
-lives once: architecture options in `nets`, the objective's in `losses`, VGG layer names in `vgg`,
-data sources in `data`, the rest (and the rules across sections) here. A bad value raises
-`ConfigError` with one line naming the key, the value and what is allowed.
+`validate(config, init_model)` checks every value of an ml_collections config (or a plain dict)
+before any work and returns a `Config`; it reads no file (the model named by `init_from` is given
+to it; `load(config)` reads that file, then validates). The `Config` holds frozen dataclasses per
+section, the model block completed by `nets.model_config` and the loss block turned into a
+`losses.LossSpec`. Every consumer (the trainer, the data pipeline) takes the `Config`; nothing
+reads the raw ConfigDict after it. Each rule lives once: architecture options in `nets`, the
+objective's in `losses` (its VGG layers checked by `perceptual.spec` against `vgg`), data sources
+in `data`, the rest (and the rules across sections) here. A bad value raises `ConfigError` with one
+line naming the key, the value and what is allowed.
 
 `resume_differences` compares a config with the one a workdir was created with and sorts the
 differences into those that would change the run (refused) and harmless ones (allowed and recorded).
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastnst import data, losses, nets, variants, warmstart
+from fastnst import data, losses, modelfile, nets, perceptual, variants, warmstart
 from fastnst.errors import ConfigError
 
 # Keys that may differ when resuming a workdir: they change how long or how verbosely a run goes,
@@ -147,15 +149,33 @@ def _at_least(key: str, value: float, lo: float, hi: float = math.inf, *, strict
         raise ConfigError(f"{key} must be {rng}, got {value!r}")
 
 
-def validate(config) -> Config:
+def _plain(config) -> dict:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def load(config) -> Config:
+    """`validate`, with the model file or shipped model that `init_from` names read first (the one
+    file a config's validation needs).
+
+    Raises:
+      ConfigError / WeightsError: an invalid value, or no such model.
+    """
+    if isinstance(config, Config):
+        return config
+    init_from = _plain(config).get("init_from", "")
+    return validate(config, warmstart.read(init_from) if isinstance(init_from, str) and init_from else None)
+
+
+def validate(config, init_model: modelfile.Model | None = None) -> Config:
     """Checks every value of a training config (ConfigDict or dict); returns it as a `Config`.
+    Pure: `init_model` is the model `init_from` names, already loaded (`load` reads it).
 
     Raises:
       ConfigError: the first invalid value, in one line.
     """
     if isinstance(config, Config):
         return config
-    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    c = _plain(config)
     unknown = sorted(set(c) - TOP_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(TOP_KEYS))}")
@@ -170,7 +190,9 @@ def validate(config) -> Config:
     init_from = _check("init_from", c.get("init_from", ""), str)
     start = None
     if init_from:  # the trained net: the file's, plus the styles this run adds
-        start, block = warmstart.plan(init_from, model, len(c.get("style_images", ()) or ()))
+        if init_model is None:
+            raise ConfigError(f"init_from {init_from}: the model is not loaded (schema.load reads it)")
+        start, block = warmstart.plan(init_model, init_from, model, len(c.get("style_images", ()) or ()))
         model = nets.model_config(block)
     train = _train(c["train"], model)
     d = _section(DataConfig, c["data"], "data")
@@ -180,7 +202,7 @@ def validate(config) -> Config:
     _at_least("data.workers", d.workers, 1, 256)
     _at_least("data.sr_sigma", d.sr_sigma, 0.0)
 
-    spec = losses.LossSpec.from_config(c["loss"])
+    spec = perceptual.spec(c["loss"])
     if c["loss"].get("stability_shift", 0) > train.image_size // 4:  # (its type: LossSpec)
         raise ConfigError(f"loss.stability_shift must be at most train.image_size // 4 "
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")

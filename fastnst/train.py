@@ -2,7 +2,7 @@
 
 `train_and_evaluate(config, workdir)` runs a whole job (style transfer or super-resolution, chosen
 by `config.model.task`), resuming from the newest checkpoint in `workdir` if there is one. Its
-parts: `schema.validate` (the config, once), `fastnst.step` (the pure step and its one jitted,
+parts: `schema.load` (the config, once), `fastnst.step` (the pure step and its one jitted,
 sharded form), `checkpoints` (saving, divergence checks, resume policy), `runlog` (metrics,
 progress, samples), and here the set-up (`_setup`), the loop (`_loop`) and the export.
 """
@@ -26,10 +26,10 @@ from fastnst import (
     dispatch,
     images,
     keys,
-    losses,
     modelfile,
     nets,
     parallel,
+    perceptual,
     runlog,
     schema,
     vgg,
@@ -131,7 +131,7 @@ def _setup(cfg: Config, workdir: Path) -> _Job:
     checkpoints.prepare_workdir(workdir, {**cfg.record(), "vgg_weights_sha256": weights_io.sha256(vgg_path),
                                           "mesh": parallel.mesh_record(mesh)}, write=writer)
     vgg_params = vgg.load_params(vgg_path)
-    per_style = [losses.style_targets(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
+    per_style = [perceptual.style_grams(vgg_params, im, cfg.loss.style_layers, cfg.style_size)
                  for im in style_images]  # [1, C, C] per layer, stacked: [S, C, C]
     old = cfg.kept_styles  # (their rows get zero targets: the batches never draw them)
     grams = {k: jnp.concatenate([jnp.zeros((old, *g.shape[1:]), g.dtype)] + [p[k] for p in per_style])
@@ -226,8 +226,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
                        on_step: Callable[[int, _StopFlag], None] | None = None) -> TrainResult:
     """Trains (or resumes) the run described by `config` in `workdir`; exports the final model.
 
-    The whole config is validated first (`schema.validate`), and a workdir created with a
-    different config is refused (`checkpoints.prepare_workdir`), before anything is written.
+    The whole config is validated first (`schema.load`: the `init_from` model read, then
+    `validate`), and a workdir created with a different config is refused
+    (`checkpoints.prepare_workdir`), before anything is written.
 
     Args:
       config: an ml_collections config (see configs/style.py), or a validated `schema.Config`.
@@ -239,7 +240,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
     Returns:
       TrainResult; `model_path` is None when the run was interrupted before the end.
     """
-    cfg, workdir = schema.validate(config), Path(workdir)
+    cfg, workdir = schema.load(config), Path(workdir)
     job = _setup(cfg, workdir)
     start = step_of(job.state)
     if job.writer:
@@ -271,10 +272,10 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool = True,
 
 
 def _export(job: _Job, last_metrics: dict) -> list[Path]:
-    """Writes the model file (`model.msgpack`; side by side: `model_<style>.msgpack` each)."""
+    """Writes `model.msgpack` (side by side: `model_<style>.msgpack`) with its objective, for evaluations."""
     cfg = job.cfg
-    meta = {"steps": step_of(job.state), "planned_steps": cfg.train.steps,
-            "data": job.source.name}
+    meta = {"steps": step_of(job.state), "planned_steps": cfg.train.steps, "data": job.source.name,
+            perceptual.RECORD_KEY: perceptual.record(cfg.loss_settings, cfg.style_size)}
     if not job.names:
         return [modelfile.save_model(
             job.workdir / f"model{modelfile.SUFFIX}", dict(cfg.model), variables_of(job.state),

@@ -32,16 +32,24 @@ class Start:
     old_names: tuple[str, ...] = ()
 
 
-def plan(path: str, model_block: Mapping, num_new_styles: int) -> tuple[Start, dict]:
-    """Loads `path` and returns the start and the model block the run trains (for a multi-style
-    start: `num_styles` = the old styles + `num_new_styles`).
+def read(path: str) -> modelfile.Model:
+    """The model `init_from` names (a model file or a shipped name).
 
     Raises:
-      ConfigError / WeightsError: no such model, or an architecture that does not match.
+      ConfigError / WeightsError: no such model, or not a model file.
+    """
+    return modelfile.load_model(path)
+
+
+def plan(m: modelfile.Model, path: str, model_block: Mapping, num_new_styles: int) -> tuple[Start, dict]:
+    """The start from model `m` (loaded from `path`, named in messages) and the model block the run
+    trains (for a multi-style start: `num_styles` = the old styles + `num_new_styles`).
+
+    Raises:
+      ConfigError: an architecture that does not match.
     """
     from fastnst import styles
 
-    m = modelfile.load_model(path)
     adding = all(variants.norm(c.get("norm", "batch")).multistyle for c in (m.config, model_block))
     want = dict(model_block)
     if adding:

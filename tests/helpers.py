@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import images, losses, nets
+from fastnst import images, losses, nets, perceptual
 from fastnst.configs import style as style_config
 from fastnst.step import create_train_state
 
@@ -63,7 +63,7 @@ def tiny_step(vgg_params, cfg, *, lr: float = 1e-3, dtype: str = "float32", styl
     state = create_train_state(net, jax.random.key(0), lr=lr)
     x = jnp.asarray(np.random.default_rng(seed).uniform(0, 255, (2, 32, 32, 3)), jnp.float32)
     style = np.asarray(x[0]) if style is None else style
-    grams = losses.style_targets(vgg_params, style, spec.style_layers, style.shape[0])
+    grams = perceptual.style_grams(vgg_params, style, spec.style_layers, style.shape[0])
     return SimpleNamespace(net=net, state=state, spec=spec, grams=grams, x=x, batch={"input": x, "target": x})
 
 

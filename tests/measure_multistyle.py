@@ -64,11 +64,11 @@ def _photos(size: int = 256) -> dict:
 
 def _losses(model, style: str, photos: dict, vgg_params) -> dict:
     """Mean weighted content and style loss (configs/style.py weights) of the model's outputs."""
-    from fastnst import images, losses, stylize, vgg
+    from fastnst import images, losses, perceptual, stylize, vgg
     from fastnst.configs import style as style_config
 
     spec = losses.LossSpec.from_config(style_config.get_config().loss)
-    grams = losses.style_targets(vgg_params, images.load_image(f"{style_config.STYLES}/{style}.jpg"),
+    grams = perceptual.style_grams(vgg_params, images.load_image(f"{style_config.STYLES}/{style}.jpg"),
                                  spec.style_layers, 256)
     parts = []
     for x in photos.values():

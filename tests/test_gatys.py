@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from fastnst import gatys, losses
+from fastnst import gatys, losses, perceptual
 
 SPEC = losses.LossSpec.from_config(dict(
     content=1.0, style=2.0, tv=2e-5, content_layers=("relu2_2",),
@@ -25,7 +25,7 @@ def _images():
 @pytest.fixture(scope="module")
 def problem(vgg_params):
     content, style = _images()
-    cf, sg = gatys.targets(SPEC, vgg_params, content, style)
+    cf, sg = perceptual.targets(SPEC, vgg_params, content, style)
     x0 = gatys.initial_image("noise", content.shape[:2], content=None, key=jax.random.key(1))
     return content, style, cf, sg, x0
 
@@ -58,7 +58,7 @@ def test_stays_in_box_and_never_increases(vgg_params, problem):
     assert np.all(np.diff(r.objective) <= 1e-5 * r.objective[:-1]), r.objective
     assert [i for i, _ in seen] == [4, 8, 12]
     # the objective reported for the last iterate is that of the returned (projected) image
-    cf, sg = gatys.targets(SPEC, vgg_params, content, style)
+    cf, sg = perceptual.targets(SPEC, vgg_params, content, style)
     f = gatys.objective(SPEC, vgg_params, cf, sg)
     assert r.objective[-1] == pytest.approx(float(f(r.image)), rel=1e-5)
     np.testing.assert_allclose([v for _, v in seen], r.objective[[4, 8, 12]], rtol=1e-6)
@@ -79,8 +79,8 @@ def test_traced_layer_weights_select_layers(vgg_params):
     two = losses.LossSpec.from_config(dict(content=1.0, content_layers=("relu1_2", "relu2_2")))
     one = losses.LossSpec.from_config(dict(content=1.0, content_layers=("relu2_2",)))
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 255, content.shape), jnp.float32)
-    cf2, _ = gatys.targets(two, vgg_params, content, None)
-    cf1, _ = gatys.targets(one, vgg_params, content, None)
+    cf2, _ = perceptual.targets(two, vgg_params, content, None)
+    cf1, _ = perceptual.targets(one, vgg_params, content, None)
     lw = {"content": {"relu1_2": jnp.float32(0.0), "relu2_2": jnp.float32(1.0)}}
     np.testing.assert_allclose(gatys.objective(two, vgg_params, cf2, None, lw)(x),
                                gatys.objective(one, vgg_params, cf1, None)(x), rtol=1e-6)

@@ -192,7 +192,7 @@ def test_adding_a_style_trains_only_its_gamma_and_beta(tmp_path):
     add.style_images = (str(images.save_image(tmp_path / "waves.png", waves)),)
     add.model.num_styles = 1  # (the run holds the file's 2 styles plus this one)
     add.init_from = str(first_path)
-    cfg = schema.validate(add)
+    cfg = schema.load(add)
     assert cfg.model["num_styles"] == 3 and cfg.start.old_styles == 2
     m = modelfile.load_model(train.train_and_evaluate(cfg, tmp_path / "add_run", progress=False).model_path)
     assert styles.names(m) == ["style", "dots", "waves"]
@@ -224,9 +224,11 @@ def test_fine_tuning_starts_from_the_given_model_and_mismatches_are_refused(tmp_
     leaves = [jax.tree.leaves(modelfile.load_model(p).variables) for p in (first, again)]
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    with pytest.raises(ConfigError, match="not loaded"):
+        schema.validate(cfg)  # validation reads no file: `load` reads the model, then validates
     cfg.model.width = 0.25
     with pytest.raises(ConfigError, match=r"init_from .*architecture differs \(model.width: 0.125 in"):
-        schema.validate(cfg)
+        schema.load(cfg)
 
 
 def test_export_takes_the_style_weights_as_a_second_input(tmp_path):

@@ -25,7 +25,7 @@ _TWO_DEVICES = textwrap.dedent("""
     jax.config.update("jax_disable_most_optimizations", True)  # tiny graphs: compile time dominates
     from pathlib import Path
     from jax.sharding import Mesh
-    from fastnst import losses, nets, parallel, train, vgg
+    from fastnst import losses, nets, perceptual, parallel, train, vgg
     from fastnst import step as step_
     from fastnst.errors import ConfigError
     from tests.helpers import tiny_config
@@ -37,7 +37,7 @@ _TWO_DEVICES = textwrap.dedent("""
     params = vgg.random_params()
     rng = np.random.default_rng(0)
     batches = [rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32) for _ in range(3)]
-    grams = losses.style_targets(params, batches[0][0], spec.style_layers, 32)
+    grams = perceptual.style_grams(params, batches[0][0], spec.style_layers, 32)
     results, losses_ = [], []
     for devices in (jax.devices(), jax.devices()[:1]):
         mesh = Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fastnst import bench, discs, evaluate, gatys, losses, modelfile, stylize
+from fastnst import bench, discs, evaluate, gatys, losses, modelfile, perceptual, stylize
 from fastnst.configs import style as style_config
 from fastnst.errors import WeightsError
 
@@ -66,10 +66,10 @@ def test_fig5_network_vs_lbfgs(vgg_params):
     rng = np.random.default_rng(0)
     photo = evaluate.center_square(rng.uniform(0, 255, (40, 56, 3)).astype(np.float32), 32)
     style = rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)
-    grams = losses.style_targets(vgg_params, style, spec.style_layers, 48)
+    grams = perceptual.style_grams(vgg_params, style, spec.style_layers, 48)
     model = stylize.load_model("starry_night")
     (row,) = evaluate.style_vs_lbfgs(model, vgg_params, spec, grams, {"p": photo}, iters=6)
-    cf, _ = gatys.targets(spec, vgg_params, photo, style)
+    cf, _ = perceptual.targets(spec, vgg_params, photo, style)
     f = gatys.objective(spec, vgg_params, cf, grams)
     assert row["network"] == pytest.approx(float(f(stylize.apply(model, photo))), rel=1e-4)
     curve = np.asarray(row["lbfgs"])
@@ -80,3 +80,26 @@ def test_fig5_network_vs_lbfgs(vgg_params):
     assert "| p |" in table and "L-BFGS 6" in table and "**mean**" in table
     assert row["disc_area"] == discs.disc_area(row["images"]["network"], photo)["area"]
     assert table.splitlines()[0].endswith("| disc area |") and f"| {row['disc_area']:.2%} |" in table
+
+
+def test_a_model_file_records_its_objective_and_fig5_scores_with_it(tmp_path):
+    """A trained model's file keeps the objective it was trained with, and the evaluation scores
+    it with that (not with the style config's default); files without the record (every shipped
+    model) get the packaged style config's, which they were trained with."""
+    from tests.helpers import tiny_config
+
+    from fastnst import images, train
+
+    cfg = tiny_config(tmp_path, steps=2)
+    cfg.loss.update(style=3.0, style_layers=("relu1_2", "relu2_2"), tv=0.0)
+    cfg.style_size = 40
+    m = modelfile.load_model(train.train_and_evaluate(cfg, tmp_path / "run", progress=False).model_path)
+    trained = perceptual.spec(cfg.loss.to_dict())
+    assert trained != SPEC and perceptual.of_model(m.meta) == (trained, 40)
+    photo = images.save_image(tmp_path / "p.png", np.random.default_rng(1).uniform(0, 255, (40, 40, 3)))
+    evaluate.fig5(str(tmp_path / "run" / "model.msgpack"), cfg.style_image, [photo], size=32, iters=2,
+                  checkpoints=[2], out=tmp_path / "eval")
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert result["style_size"] == 40 and result["loss"]["style_layers"] == ["relu1_2", "relu2_2"]
+    assert dict(result["loss"]["weights"]) == {"content": 1.0, "style": 3.0}
+    assert perceptual.of_model(stylize.load_model("starry_night").meta) == (SPEC, 512)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from fastnst import losses
+from fastnst import perceptual
 from fastnst.step import (
     StepInputs,
     create_train_state,
@@ -22,7 +22,7 @@ def _three_models(vgg_params, tmp_path, lr=1e-4):
     states = [create_train_state(t.net, jax.random.key(k), lr=lr) for k in range(3)]
     rng = np.random.default_rng(1)
     styles = [rng.uniform(0, 255, (32, 32, 3)).astype(np.float32) for _ in range(3)]
-    grams = [losses.style_targets(vgg_params, s, t.spec.style_layers, 32) for s in styles]
+    grams = [perceptual.style_grams(vgg_params, s, t.spec.style_layers, 32) for s in styles]
     return t, states, grams
 
 

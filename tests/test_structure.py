@@ -52,8 +52,32 @@ def test_the_import_graph_has_no_cycle():
     assert "train" not in graph["parallel"] and "step" not in graph["parallel"]  # meshes only
 
 
+def _reach(graph: dict, m: str) -> set[str]:
+    seen, todo = set(), [m]
+    while todo:
+        for n in graph[todo.pop()] - seen:
+            seen.add(n)
+            todo.append(n)
+    return seen
+
+
+def test_layers_go_one_way_and_the_package_imports_no_top_level_configs():
+    """The losses know nothing of VGG-16 or image files (`perceptual` is where they meet), so a
+    parameter's walk through a train step goes step -> losses and step -> vgg, never back; no module
+    of the package imports the repository's top-level `configs` (only its own `fastnst.configs`)."""
+    graph = {m: _imports(MODULES[m]) - {m} for m in MODULES}
+    assert not _reach(graph, "losses") & {"vgg", "images", "perceptual"}, _reach(graph, "losses")
+    assert not _reach(graph, "vgg") & {"losses", "perceptual"}
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            top = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                   else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not any(t == "configs" or t.startswith("configs.") for t in top), name
+
+
 def test_modules_and_functions_stay_small_or_say_why():
-    for path in sorted(PKG.rglob("*.py")):
+    scripts = [p for p in sorted((PKG.parent / "bin").iterdir()) if p.is_file()]  # (no .py suffix)
+    for path in sorted(PKG.rglob("*.py")) + scripts:
         lines = path.read_text().splitlines()
         assert len(lines) <= MODULE_LINES, f"{path.name}: {len(lines)} lines"
         for node in ast.walk(ast.parse("\n".join(lines))):

@@ -4,9 +4,10 @@ and of projected L-BFGS from white noise after N iterations, on the same photos.
   bin/eval_style --model=starry_night --style=../shared/data/styles/starry_night.jpg \
       --out=results/fig5_starry_night PHOTO_OR_FOLDER...
 
-Photos are centre-cropped to squares of --size. The objective's weights and layers are those of
-configs/style.py (the ones the shipped models were trained with); the style Grams are computed as
-in training (longer side of the style image at the config's style_size).
+Photos are centre-cropped to squares of --size. The objective (weights, layers, style size) is the
+one the model was trained with, as its file records it (files written before that record:
+configs/style.py's, which the shipped models were trained with); the style Grams are computed as
+in training (longer side of the style image at that style size).
 Writes table.md (per photo and mean, at --checkpoints, with the share of the network's output
 covered by bright discs: fastnst/discs.py), results.json (every iteration),
 curves.png and side-by-side figures (photo | network | L-BFGS) of the first three photos.
@@ -31,12 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no progress bar of the L-BFGS iterations")
     a = ap.parse_args(argv)
 
-    from fastnst import evaluate, losses
-    from fastnst.configs import style as style_config
-
-    cfg = style_config.get_config()
-
     from tqdm import tqdm
+
+    from fastnst import evaluate
 
     bars = []  # made at the first iteration, so that an early error stays one line
 
@@ -49,8 +47,7 @@ def main(argv=None) -> int:
         tqdm.write(f"{row['name']}: network {row['network']:.2f}, L-BFGS {row['lbfgs'][-1]:.2f} after "
                    f"{a.iters}, matched at {row['iters_to_match']}", file=sys.stdout)
 
-    table = evaluate.fig5(a.model, a.style, a.photos, spec=losses.LossSpec.from_config(cfg.loss),
-                          style_size=cfg.style_size, size=a.size, iters=a.iters,
+    table = evaluate.fig5(a.model, a.style, a.photos, size=a.size, iters=a.iters,  # its own objective
                           checkpoints=[int(c) for c in a.checkpoints.split(",")], limit=a.limit,
                           out=a.out, on_photo=report, progress=progress)
     for bar in bars:

@@ -7,7 +7,8 @@ Renders clips with known motion (pan, zoom, slow rotation; sensor noise and JPEG
 over each PHOTO (default: ../shared/data/content), stylizes them frame by frame with each model,
 and reports the warping error (Lai et al. 2018; flow from the input frames, occlusion-masked) with
 DIS flow and with the exact flow, for the input itself (the floor) and each model, and the style
-loss of the outputs against --style (with configs/style.py's layers, Grams as in training).
+loss of the outputs against --style (with the layers and style size the models were trained with,
+as their files record them; Grams as in training).
 Writes table.md, results.json and contact.jpg (4 frames of the first clip per row) into --out.
 """
 
@@ -28,8 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=cli.at_least(64), default=320, help="clip width (>= 64)")
     ap.add_argument("--out", default="runs/eval_video")
     a = ap.parse_args(argv)
-    from fastnst import data, evaluate, images, losses, stylize, vgg
-    from fastnst.configs import style as style_config
+    from fastnst import data, evaluate, images, perceptual, stylize, vgg
     from fastnst.errors import FastnstError
 
     photos = a.photos or images.list_images(data.shared_data() / "content")
@@ -38,10 +38,13 @@ def main(argv=None) -> int:
         models[m] = stylize.load_model(m)
         if models[m].config["task"] != "style":
             raise FastnstError(f"{m}: not a style model")
-    cfg = style_config.get_config()
-    spec = losses.LossSpec.from_config(cfg.loss)
+    trained = {m: perceptual.of_model(models[m].meta) for m in a.model}  # scored as they were trained
+    if len(set(trained.values())) > 1:
+        raise FastnstError(f"the models were trained with different objectives: {', '.join(a.model)}; "
+                           "evaluate them one at a time")
+    spec, style_size = trained[a.model[0]]
     params = vgg.load_params()
-    grams = losses.style_targets(params, images.load_image(a.style), spec.style_layers, cfg.style_size)
+    grams = perceptual.style_grams(params, images.load_image(a.style), spec.style_layers, style_size)
     clips = evaluate.video_clips(photos, frames=a.frames, size=(a.height, a.width))
     result = evaluate.video_stability(models, clips, vgg_params=params, spec=spec, style_grams=grams)
     meta = {"models": a.model, "style": a.style, "photos": [str(p) for p in photos], "frames": a.frames,
