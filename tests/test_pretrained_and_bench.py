@@ -31,8 +31,7 @@ def test_bench_table_smoke(tmp_path):
     rows = bench.table1(SPEC, (32,), quick=1, repeats=1)
     r = rows[0]
     assert r["lbfgs_estimated"] and r["lbfgs_iters_measured"] == 2 and r["lbfgs_100_s"] > 0
-    assert r["lbfgs_500_s"] - r["lbfgs_100_s"] == pytest.approx(400 * r["lbfgs_s_per_iter"])
-    assert r["speedup_500"] == pytest.approx(r["lbfgs_500_s"] / r["feedforward_s"])
+    assert r["lbfgs_500_s"] >= r["lbfgs_300_s"] >= r["lbfgs_100_s"] and r["speedup_500"] > 1
     res = {"device": bench.device_info(), "quick": 1, "table1": rows,
            "train": {"median_s": 1.0, "steps_per_s": 1.0, "images_per_s": 4.0, "compile_s": 1.0,
                      "repeats": 2},
@@ -41,6 +40,21 @@ def test_bench_table_smoke(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["table1"][0]["size"] == 32
     assert "| 32² |" in (tmp_path / "bench.md").read_text()
     assert "the training loop itself, mean of 2 steps" in (tmp_path / "bench.md").read_text()
+
+
+def test_table1_extrapolates_the_quick_runs_as_documented(monkeypatch):
+    """`table1(quick=n)` with timings of 3.0 s for n=2 iterations and 3.5 s for 4 (the first
+    iterations' line searches cost more): t(count) = 3.0 + (count - 2) * 0.25 s, against a
+    feed-forward pass of 0.01 s. Worked by hand from the docstring's rule."""
+    times = {2: 3.0, 4: 3.5}
+    monkeypatch.setattr(bench, "feedforward", lambda size, repeats: {
+        "median_s": 0.01, "min_s": 0.009, "max_s": 0.011, "compile_s": 1.0})
+    monkeypatch.setattr(bench, "lbfgs", lambda spec, size, counts, vgg_params: {
+        n: {"median_s": times[n], "compile_s": 2.0} for n in counts})
+    (row,) = bench.table1(SPEC, (64,), quick=2, vgg_params={"params": {}})  # (unused: lbfgs is faked)
+    assert row["lbfgs_s_per_iter"] == 0.25 and row["lbfgs_iters_measured"] == 4
+    assert (row["lbfgs_100_s"], row["lbfgs_300_s"], row["lbfgs_500_s"]) == (27.5, 77.5, 127.5)
+    assert row["speedup_500"] == pytest.approx(12750.0) and row["speedup_100"] == pytest.approx(2750.0)
 
 
 def test_bench_times_the_training_loop_itself(tmp_path, monkeypatch):
@@ -86,9 +100,8 @@ def test_a_model_file_records_its_objective_and_fig5_scores_with_it(tmp_path):
     """A trained model's file keeps the objective it was trained with, and the evaluation scores
     it with that (not with the style config's default); files without the record (every shipped
     model) get the packaged style config's, which they were trained with."""
-    from tests.helpers import tiny_config
-
     from fastnst import images, train
+    from tests.helpers import tiny_config
 
     cfg = tiny_config(tmp_path, steps=2)
     cfg.loss.update(style=3.0, style_layers=("relu1_2", "relu2_2"), tv=0.0)
