@@ -109,10 +109,10 @@ def test_residual_blocks_are_named_submodules():
 # another order: 4x the largest spread measured here between summation orders of the same
 # computation (alone vs in a batch, jit vs op by op, XLA optimisation on vs off, SSE4.2 vs AVX2; see
 # docs/testing.md, results/tolerances.json). Spread: starry_night 5.5e-4 (an AVX-512/AMX machine
-# differed by 5.2e-4), sr_x4_feature 9.2e-5, sr_x4_pixel 4.6e-5; an AMD EPYC's outputs differed from
-# the stored ones by 5.0e-4, 1.8e-4 and 9.2e-5, the figures the bounds take (the_scream was a v1 file too, with
-# bound 1.2e-2; since 2026-12-04 it is the H200 fine-tune, written in the current format, and its
-# v1 output in the npz is history: results/recipe_h200/.)
+# differed by 5.2e-4), sr_x4_feature 9.2e-5, sr_x4_pixel 4.6e-5; an AMD EPYC's outputs differed
+# from the stored ones by 5.0e-4, 1.8e-4 and 9.2e-5, the figures the bounds take (the_scream was a
+# v1 file too, with bound 1.2e-2; since 2026-12-04 it is the H200 fine-tune, written in the current
+# format, and its v1 output in the npz is history: results/recipe_h200/.)
 SHIPPED_REFERENCE_MAX_DIFF = {"starry_night": 2.2e-3, "sr_x4_feature": 7.3e-4, "sr_x4_pixel": 3.7e-4}
 
 
