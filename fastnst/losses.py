@@ -256,6 +256,29 @@ def stability_term(*, pred, pred_perturbed, perturb_offset=None) -> jax.Array:
     return jnp.mean(jnp.square(ref - pred_perturbed))
 
 
+# threshold: how many of its channel's standard deviations (over the image) a value of a
+# normalisation layer's output may lie from the channel's mean before it counts as a spike.
+@register("spike", options={"threshold": 4.0})
+def spike_term(*, norm_outputs, spike_threshold=4.0) -> jax.Array:
+    """A penalty on the spikes that paint bright discs (results/discs/README.md): each output of a
+    normalisation with whole-image statistics (instance norm), standardised per image and channel,
+    pays the square of how far it lies beyond `spike_threshold` standard deviations; mean over the
+    values, then over the layers. A disc is a few per cent of the pixels holding most of a channel's
+    variance (up to 90% in the shipped networks: 6 and more standard deviations out), which lets
+    the network set that channel's statistics for the whole image; ordinary features stay within.
+    """
+    if not norm_outputs:
+        raise ValueError("the spike term needs a network with whole-image normalisation (instance norm)")
+    total = jnp.float32(0.0)
+    for y in norm_outputs:
+        y = y.astype(jnp.float32)
+        mean = jnp.mean(y, axis=(1, 2), keepdims=True)
+        std = jnp.std(y, axis=(1, 2), keepdims=True)
+        z = (y - mean) / (std + 1e-3)
+        total = total + jnp.mean(jnp.square(jax.nn.relu(jnp.abs(z) - spike_threshold)))
+    return total / len(norm_outputs)
+
+
 def perturb(images: jax.Array, key: jax.Array, noise: float, shift: int = 0) -> tuple[jax.Array, jax.Array]:
     """The stability term's perturbation and the shift it applied (dy, dx in input pixels).
 

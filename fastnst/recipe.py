@@ -36,7 +36,6 @@ import numpy as np
 from fastnst import (
     carry,
     checkpoints,
-    compcache,
     data,
     evaluate,
     images,
@@ -242,7 +241,8 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
         carry_in: str | None = None, carry_out: bool = True) -> Path:
     """The whole job; returns report.md. Defaults read ../shared/data (`data.shared_data`).
     `carry_in`: a folder of state an earlier run carried out (`carry`): its units go on from
-    there. With `carry_out`, every unit's state is packed into OUT/carry once training is over."""
+    there. With `carry_out`, every unit's state is packed into OUT/carry once training is over.
+    Process-wide JAX settings are the caller's (`bin/recipe` turns on the compilation cache)."""
     t0, out = time.monotonic(), Path(out)
     budget = budget_minutes * 60
     if sizes.photos:  # (the dry run: an SR unit would otherwise hold every photo at full size)
@@ -250,8 +250,6 @@ def run(out: str | Path, *, budget_minutes: float, sizes: Sizes = FULL, styles: 
                                        sizes.photos, sizes.holdout))
     job, sr_root = checked_job(sizes, styles=styles, photos=photos, sr_root=sr_root, multistyle=multistyle,
                                side_by_side=side_by_side, only=only)
-    # A unit's run after its warm-up retraces the step: the persistent cache reads the program back.
-    compcache.use(out / "jax_cache")
     carry.carry_in(carry_in, out / "runs", [u.name for u in job], log)  # (None: nothing carried in)
     measured = {}
     for i, u in enumerate(job):

@@ -21,7 +21,7 @@ from flax import struct
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from fastnst import augment, keys, losses, nets, parallel, vgg
+from fastnst import augment, keys, losses, nets, parallel, variants, vgg
 
 
 class TrainState(train_state.TrainState):
@@ -99,11 +99,18 @@ def update(state: TrainState, batch: Mapping, inputs: StepInputs,
     kw = {"style": batch["style_weights"]} if "style_weights" in batch else {}
     style_grams = batch.get("style_grams", inputs.style_grams)
 
+    spikes = bool(spec.weight("spike"))
+
     def loss_fn(params):
         mutable = ["batch_stats"] if state.batch_stats else False
-        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=mutable, **kw)
-        pred, updates = out if mutable else (out, {})
-        extra = {}
+        captured = [*(mutable or []), "intermediates"] if spikes else mutable
+        out = state.apply_fn(variables_of(state, params), batch["input"], train=True, mutable=captured,
+                             capture_intermediates=_whole_image_norms if spikes else False, **kw)
+        pred, updates = out if captured else (out, {})
+        updates, extra = dict(updates), {}
+        if spikes:  # the outputs of the instance norms, for the spike term
+            extra["norm_outputs"] = tuple(jax.tree.leaves(updates.pop("intermediates", {})))
+            extra["spike_threshold"] = spec.option("spike", "threshold")
         if spec.weight("stability"):
             if key is None:
                 raise ValueError("the stability term needs `rng`")
@@ -123,6 +130,12 @@ def update(state: TrainState, batch: Mapping, inputs: StepInputs,
     (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
     return state, {"loss": total, **parts}
+
+
+def _whole_image_norms(module, method: str) -> bool:
+    """Flax's capture filter: the outputs of the norm layers with whole-image statistics."""
+    kinds = tuple(k.module_type for k in variants.NORMS.values() if k.image_stats)
+    return method == "__call__" and isinstance(module, kinds)
 
 
 def _keys(inputs: StepInputs, step) -> tuple[jax.Array | None, jax.Array | None]:

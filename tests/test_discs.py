@@ -1,6 +1,7 @@
 """The bright-disc detector against pictures whose discs are known."""
 
 import numpy as np
+import pytest
 
 from fastnst import discs
 
@@ -41,3 +42,51 @@ def test_specks_and_dark_or_textured_patches_are_not_discs():
     two = photo.copy()
     two[_disc(120, 160, 30, 30, 10) | _disc(120, 160, 90, 120, 10)] = 252.0
     assert discs.disc_area(two, photo)["count"] == 2
+
+
+def test_spike_term_against_numpy_and_what_the_step_feeds_it(vgg_params, tmp_path):
+    """The spike penalty (losses.spike_term) against a NumPy float64 reference on a map with one
+    planted spike; in the train step it reads every instance norm's output (none of a batch-norm
+    net: refused), and a few steps on it alone shrink it."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastnst import losses
+    from fastnst.step import StepInputs, jit_step
+    from tests.helpers import tiny_config, tiny_step
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(0.0, 1.0, (2, 16, 16, 4)).astype(np.float32)
+    y[0, 3:6, 3:6, 1] += 40.0  # a disc in channel 1 of image 0: 9 of 256 pixels hold most of its variance
+
+    def reference(maps, t):
+        total = 0.0
+        for a in maps:
+            a = np.asarray(a, np.float64)
+            z = (a - a.mean(axis=(1, 2), keepdims=True)) / (a.std(axis=(1, 2), keepdims=True) + 1e-3)
+            total += np.mean(np.maximum(np.abs(z) - t, 0.0) ** 2)
+        return total / len(maps)
+
+    got = float(losses.spike_term(norm_outputs=(jnp.asarray(y), jnp.asarray(y[:, ::2])), spike_threshold=3.0))
+    assert got == pytest.approx(reference([y, y[:, ::2]], 3.0), rel=1e-5) and got > 1e-3
+    assert float(losses.spike_term(norm_outputs=(jnp.asarray(y[1:]),), spike_threshold=6.0)) == 0.0
+
+    cfg = tiny_config(tmp_path)
+    cfg.model.norm = "instance"
+    cfg.loss.update(content=0.0, style=0.0, tv=0.0, spike=100.0, spike_threshold=1.5)
+    t = tiny_step(vgg_params, cfg, lr=3e-3)
+    inputs = StepInputs(vgg_params, t.grams, t.spec)
+    _, captured = t.net.apply({"params": t.state.params}, t.x, train=True, mutable=["intermediates"],
+                              capture_intermediates=True)
+    norms = [v for path, v in jax.tree_util.tree_leaves_with_path(captured["intermediates"])
+             if "norm" in jax.tree_util.keystr(path)]  # (norm_in, res0/norm0, ...: only norms say norm)
+    assert len(norms) == 15  # in, 2 down, 10 residual, 2 up: each instance norm's output
+    state, first = jit_step()(t.state, t.batch, inputs)
+    assert set(first) == {"loss", "spike"} and float(first["spike"]) == pytest.approx(
+        100.0 * reference(norms, 1.5), rel=1e-4)
+    for _ in range(5):
+        state, last = jit_step()(state, t.batch, inputs)
+    assert float(last["spike"]) < 0.8 * float(first["spike"])
+    cfg.model.norm = "batch"
+    with pytest.raises(ValueError, match="whole-image normalisation"):
+        jit_step()(tiny_step(vgg_params, cfg).state, t.batch, StepInputs(vgg_params, t.grams, t.spec))

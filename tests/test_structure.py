@@ -105,6 +105,17 @@ def test_the_shared_compilation_cache_is_locked(tmp_path):
     assert ".lockfile" in names and any(n.endswith("-cache") for n in names), names
 
 
+def test_only_programs_turn_on_the_compilation_cache():
+    """Turning the cache on is process-wide and cannot be undone for programs already compiled.
+    When `recipe.run` did it, an in-process test left it on in its pytest worker, and later tests
+    there compiled with the cache that the suite keeps off (docs/testing.md): a worker crashed in
+    CI twice, in test_train and test_tiling. So only the programs in fastnst/cli/ call it."""
+    callers = sorted(name for name, path in MODULES.items()
+                     if not name.startswith("cli.") and name != "compcache"
+                     and "compcache.use(" in path.read_text())
+    assert callers == [], callers
+
+
 def test_bin_scripts_are_wrappers_and_configs_stand_apart():
     """Each program lives in fastnst/cli/ (installed as `fastnst PROGRAM`); bin/ only forwards to
     it from a clone. The configs, shipped in the package, import no library module but `paths`."""

@@ -112,7 +112,7 @@ def test_non_array_pickle_is_refused(tmp_path):
 def test_missing_and_truncated_npz(tmp_path, weights_cache):
     with pytest.raises(WeightsError, match="not found"):
         vgg.load_flat(tmp_path / "nope.npz")
-    good = (weights_cache / vgg.CONVERTED_NAME).read_bytes()
+    good = vgg.resolve_weights().read_bytes()  # (converts into the cache if no test did yet)
     cut = tmp_path / "cut.npz"
     cut.write_bytes(good[: len(good) // 3])
     with pytest.raises(WeightsError):
@@ -121,7 +121,7 @@ def test_missing_and_truncated_npz(tmp_path, weights_cache):
 
 def test_env_var_points_to_converted_file(tmp_path, monkeypatch, weights_cache):
     copy = tmp_path / "mine.npz"
-    copy.write_bytes((weights_cache / vgg.CONVERTED_NAME).read_bytes())
+    copy.write_bytes(vgg.resolve_weights().read_bytes())
     monkeypatch.setenv("FASTNST_VGG_WEIGHTS", str(copy))
     assert vgg.resolve_weights() == copy
 

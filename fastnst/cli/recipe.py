@@ -117,6 +117,10 @@ def main(argv=None) -> int:
                                      argv=argv, log=log, carry_out=not a.no_carry_out,
                                      recipe_steps={u.name: u.recipe_steps for u in job})
     else:
+        from fastnst import compcache
+
+        # A unit's run after its warm-up retraces the step: the persistent cache reads it back.
+        compcache.use(Path(a.out) / "jax_cache")
         report = recipe.run(a.out, budget_minutes=a.budget_minutes, sizes=sizes, styles=styles,
                             photos=a.photos, sr_root=a.sr_root, multistyle=a.multistyle,
                             side_by_side=a.side_by_side, only=a.units, log=log, carry_in=a.carry_in,
