@@ -38,18 +38,21 @@ class Term:
     inputs: frozenset[str]
     required: frozenset[str]
     options: Mapping[str, float | int]
+    network: bool = False  # reads the network itself (a second pass, its layers): not an image's objective
 
 
 REGISTRY: dict[str, Term] = {}
 
 
-def register(name: str, *, options: Mapping[str, float | int] | None = None
+def register(name: str, *, options: Mapping[str, float | int] | None = None, network: bool = False
              ) -> Callable[[TermFn], TermFn]:
     """Registers a loss term under `name` (its config key).
 
     The function's parameters must all be keyword-only and named (no `**kwargs`): they are the
     inputs the term reads. `options` maps each setting of the term to its default (an int or a
-    float, >= 0); the config key of option `o` is `<name>_<o>`.
+    float, >= 0); the config key of option `o` is `<name>_<o>`. `network`: the term regularises
+    the network (it reads a second pass or the network's layers), so it is part of training's
+    objective but not of an image's (`LossSpec.of_image`: L-BFGS, the evaluations).
     """
 
     def deco(fn: TermFn) -> TermFn:
@@ -63,7 +66,7 @@ def register(name: str, *, options: Mapping[str, float | int] | None = None
         if keys & set(config_keys()):
             raise ValueError(f"loss term {name!r} is already defined")
         REGISTRY[name] = Term(fn, frozenset(p.name for p in params),
-                              frozenset(p.name for p in params if p.default is p.empty), opts)
+                              frozenset(p.name for p in params if p.default is p.empty), opts, network)
         return fn
 
     return deco
@@ -136,6 +139,15 @@ class LossSpec:
         options = tuple((key, given.get(key, REGISTRY[t].options[o]))
                         for key, (t, o) in option_keys().items() if w.get(t))
         return cls(weights=weights, options=options, **layers)
+
+    def of_image(self) -> LossSpec:
+        """The objective of an image alone: this one without the terms that regularise a network
+        (`register(network=True)`: stability, spike) and their options. What the evaluations score
+        a network's output by, so networks trained with and without those terms compare."""
+        off = {k for k, _ in self.weights if REGISTRY[k].network}
+        return dataclasses.replace(self, weights=tuple((k, w) for k, w in self.weights if k not in off),
+                                   options=tuple((k, v) for k, v in self.options
+                                                 if option_keys()[k][0] not in off))
 
     def weight(self, term: str) -> float:
         """The weight of `term` (0 when it is off)."""
@@ -243,7 +255,7 @@ def tv_term(*, pred) -> jax.Array:
 
 
 # noise: std of the Gaussian input noise, on 0..255; shift: the largest shift (input px), 0 = none.
-@register("stability", options={"noise": 8.0, "shift": 0})
+@register("stability", options={"noise": 8.0, "shift": 0}, network=True)
 def stability_term(*, pred, pred_perturbed, perturb_offset=None) -> jax.Array:
     """Stability (Gupta et al., ICCV 2017): squared difference between the outputs for an input
     and for the same input slightly perturbed (`perturb`), / (C H W), batch mean.
@@ -258,7 +270,7 @@ def stability_term(*, pred, pred_perturbed, perturb_offset=None) -> jax.Array:
 
 # threshold: how many of its channel's standard deviations (over the image) a value of a
 # normalisation layer's output may lie from the channel's mean before it counts as a spike.
-@register("spike", options={"threshold": 4.0})
+@register("spike", options={"threshold": 4.0}, network=True)
 def spike_term(*, norm_outputs, spike_threshold=4.0) -> jax.Array:
     """A penalty on the spikes that paint bright discs (results/discs/README.md): each output of a
     normalisation with whole-image statistics (instance norm), standardised per image and channel,

@@ -68,7 +68,9 @@ def record(loss_settings: Mapping, style_size: int) -> dict:
 
 
 def of_model(meta: Mapping) -> tuple[losses.LossSpec, int]:
-    """The (spec, style size) a model was trained with, from its file's meta. Files written before
+    """The image objective (`LossSpec.of_image`) and style size a model was trained with, from its
+    file's meta: what its outputs are scored by. Terms that regularised the network (stability,
+    spike) are left out, so a video model and its plain twin score alike. Files written before
     the record existed were trained with the packaged style config's objective (every shipped
     model, whose cards say so), which is what they get."""
     rec = meta.get(RECORD_KEY)
@@ -77,4 +79,4 @@ def of_model(meta: Mapping) -> tuple[losses.LossSpec, int]:
 
         cfg = style_config.get_config()
         rec = {"loss": cfg.loss.to_dict(), "style_size": cfg.style_size}
-    return spec(rec["loss"]), int(rec["style_size"])
+    return spec(rec["loss"]).of_image(), int(rec["style_size"])

@@ -90,3 +90,8 @@ def test_spike_term_against_numpy_and_what_the_step_feeds_it(vgg_params, tmp_pat
     cfg.model.norm = "batch"
     with pytest.raises(ValueError, match="whole-image normalisation"):
         jit_step()(tiny_step(vgg_params, cfg).state, t.batch, StepInputs(vgg_params, t.grams, t.spec))
+    from fastnst import schema
+    from fastnst.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss.spike acts on instance norms' outputs; model.norm='batch'"):
+        schema.validate(cfg)  # (and a config says so before any work)

@@ -135,3 +135,21 @@ def test_a_term_declares_its_inputs_and_options():
     spec = losses.LossSpec.from_config({"stability": 1.0, "stability_shift": 3})
     assert spec.option("stability", "shift") == 3 and spec.option("stability", "noise") == 8.0
     assert losses.LossSpec.from_config({"tv": 1.0, "stability_shift": 3}).options == ()  # term off
+
+
+def test_an_images_objective_leaves_out_the_terms_that_regularise_a_network():
+    """Stability and spike read the network (a second pass, its norm layers): an image alone has
+    no such inputs, so L-BFGS and the evaluations score by the rest, and a video model (stability
+    on) is scored by the same objective as its plain twin."""
+    from fastnst import perceptual
+
+    loss = {"content": 1.0, "style": 2.0, "tv": 1e-5, "stability": 50.0, "stability_shift": 2,
+            "spike": 3.0, "content_layers": ("relu2_2",), "style_layers": ("relu1_2",)}
+    full = losses.LossSpec.from_config(loss)
+    image = full.of_image()
+    assert dict(full.weights).keys() == {"content", "style", "tv", "stability", "spike"}
+    assert dict(image.weights) == {"content": 1.0, "style": 2.0, "tv": 1e-5}
+    assert image.options == () and image.style_layers == full.style_layers
+    plain = {k: v for k, v in loss.items() if not k.startswith(("stability", "spike"))}
+    for settings in (loss, plain):
+        assert perceptual.of_model({"objective": perceptual.record(settings, 256)}) == (image, 256)

@@ -61,7 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Stability (Gupta et al. 2017) for video: 0 = off (the paper). The perturbation is Gaussian
         # noise of std stability_noise (0..255) and, with stability_shift=S > 0, a random shift of
         # up to S px (the output must move with the content). See docs/video.md.
-        stability=0.0, stability_noise=8.0, stability_shift=0))
+        stability=0.0, stability_noise=8.0, stability_shift=0,
+        # Spike penalty on the instance norms' outputs beyond spike_threshold standard deviations
+        # of their channel (losses.spike_term): against the bright discs, results/discs/README.md.
+        spike=0.0, spike_threshold=4.0))
 
     c.train = ml_collections.ConfigDict(dict(
         batch_size=4, image_size=256, steps=40_000, lr=1e-3,
