@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fastnst import envvars
 from fastnst.errors import ImageError, OutputError
 
-# 64 megapixels: far above most photos, small enough to refuse bombs; FASTNST_MAX_PIXELS raises it
-# (e.g. 110000000 for a 100 MP panorama, which tiling runs within the memory budget).
-DEFAULT_MAX_PIXELS = int(os.environ.get("FASTNST_MAX_PIXELS", 64_000_000))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 SAVE_SUFFIXES = tuple(_SAVE_FORMATS)
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None,
                keep_8bit: bool = False) -> np.ndarray:
     """Loads an image file as float32 HxWx3 RGB in [0, 255].
 
@@ -35,8 +33,9 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     Raises:
       ImageError: the file is missing, empty, truncated, not an image, or has more than
-        `max_pixels` pixels.
+        `max_pixels` pixels (None: `envvars.max_pixels()`, 64 million unless FASTNST_MAX_PIXELS).
     """
+    max_pixels = envvars.max_pixels() if max_pixels is None else max_pixels
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")

@@ -24,14 +24,13 @@ from fastnst.errors import ConfigError
 
 def activation_bytes(net: nets.TransformNet, h: int, w: int) -> int:
     """Bytes of the float32 activations of one h x w input run whole (h, w multiples of the total
-    stride): the input of every layer that owns a kernel (convolutions of every kind) plus the
-    output, each sized from the network itself (two shape-only probes, `_probe_shapes`), so an
-    architecture option tiling has never seen is counted like the rest."""
-    seen, outs = _probe_shapes(net)
+    stride): every kernel-owning layer's input plus the output, sized from the network itself (two
+    shape-only probes, `probe_shapes`), so an architecture option tiling has never seen counts too."""
+    seen, outs = probe_shapes(net)
     grids = [(calls[0][0], calls[1][0]) for calls in seen.values() if calls[0][2]] + [outs]
     total = 0
     for s1, s2 in grids:
-        stride, pad = _geometry(net, (s1[1], s2[1]))
+        stride, pad = geometry(net, (s1[1], s2[1]))
         total += s1[3] * round(h / stride + 2 * pad) * round(w / stride + 2 * pad)
     return 4 * total
 
@@ -86,13 +85,14 @@ class Layer:
         return (*span(y0, y1, wy0, hp), *span(x0, x1, wx0, wp))
 
 
-def _mult(net: nets.TransformNet) -> int:
+def total_stride(net: nets.TransformNet) -> int:
     return 2 ** len(net.down)
 
 
 @functools.lru_cache(maxsize=32)
-def _abstract_variables(net: nets.TransformNet):
-    return jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8 * _mult(net), 8 * _mult(net), 3)))
+def abstract_variables(net: nets.TransformNet):
+    """The network's variables as shapes and dtypes only (`jax.eval_shape` of its init)."""
+    return jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 8 * (m := total_stride(net)), 8 * m, 3)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,14 +109,14 @@ def _probe_variables(net: nets.TransformNet):
             return (rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))).astype(np.float32)
         return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, _abstract_variables(net))
+    return jax.tree_util.tree_map_with_path(draw, abstract_variables(net))
 
 
 _PROBE_SIZES = (16, 32)  # x the total stride: two input sizes whose shapes give strides and paddings
 
 
 @functools.lru_cache(maxsize=32)
-def _probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
+def probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
     """For each of two input sizes, the input shape of every module call (path -> [(shape, is an
     instance norm, owns a kernel)]) and the output shape: two shape-only runs (`jax.eval_shape`)
     of the network."""
@@ -132,19 +132,19 @@ def _probe_shapes(net: nets.TransformNet) -> tuple[dict, tuple]:
                 (args[0].shape, _stats_kind(net, m) is not None, m.has_variable("params", "kernel")))
         return next_fun(*args, **kwargs)
 
-    variables, outs = _abstract_variables(net), []
+    variables, outs = abstract_variables(net), []
     for n in _PROBE_SIZES:
         with nn.intercept_methods(interceptor):
+            side = n * total_stride(net)
             outs.append(jax.eval_shape(net.apply, variables,
-                                       jax.ShapeDtypeStruct((1, n * _mult(net), n * _mult(net), 3),
-                                                            jnp.float32)).shape)
+                                       jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)).shape)
     return seen, tuple(outs)
 
 
-def _geometry(net, rows: tuple[int, int]) -> tuple[float, float]:
+def geometry(net, rows: tuple[int, int]) -> tuple[float, float]:
     """(stride, padding) of a grid with `rows` rows for the two probe sizes: grid rows =
     input rows / stride + 2 padding."""
-    n1, n2 = (n * _mult(net) for n in _PROBE_SIZES)
+    n1, n2 = (n * total_stride(net) for n in _PROBE_SIZES)
     stride = (n2 - n1) / (rows[1] - rows[0])
     return stride, (rows[0] - n1 / stride) / 2
 
@@ -154,16 +154,16 @@ def border(net: nets.TransformNet) -> int:
     """The network's own padding at the image's border, in input pixels (40 for the paper's style
     network): the most by which any layer's input extends past the image."""
     out = 0.0
-    for calls in _probe_shapes(net)[0].values():
+    for calls in probe_shapes(net)[0].values():
         rows = tuple(c[0][1] for c in calls[-2:])
         if len(rows) == 2 and rows[0] != rows[1]:
-            stride, pad = _geometry(net, rows)
+            stride, pad = geometry(net, rows)
             out = max(out, pad * stride)
     return int(math.ceil(out))
 
 
 def _layer(net, name: str, s1, s2, stats: bool) -> Layer:
-    stride, pad = _geometry(net, (s1[1], s2[1]))
+    stride, pad = geometry(net, (s1[1], s2[1]))
     if pad != int(pad):
         raise ValueError(f"layer {name}: padding {pad} is not a whole number of pixels")
     return Layer(name, s1[3], stride, int(pad), stats)
@@ -177,7 +177,7 @@ def layers(net: nets.TransformNet) -> tuple[Layer, ...]:
     plus its normalised last conv, so without a buffer of its own every later stage would read
     all the earlier blocks' buffers again (26 reads of a 128-channel layer instead of 20 for the
     paper's 5 blocks) and all of them would stay alive until the up-sampling."""
-    seen, outs = _probe_shapes(net)
+    seen, outs = probe_shapes(net)
     norms = [name for name, calls in seen.items() if calls[0][1]]
     out: list[Layer] = []
     for name, calls in seen.items():
@@ -252,7 +252,7 @@ def _forward_to(net, target: str, variables, image, inputs: dict, stats: dict, c
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 8))
-def _run_stage(net, k: int, window: tuple[int, int], variables, image, inputs, stats, owned,
+def run_stage(net, k: int, window: tuple[int, int], variables, image, inputs, stats, owned,
                crop_sizes=None, crop_offsets=None):
     """Stage k on one window of `window` input pixels; with instance norm at its end, also the
     count, mean and centred sum of squares of the output over the owned region
@@ -292,11 +292,11 @@ def reads(net: nets.TransformNet, k: int) -> tuple[bool, tuple[str, ...]]:
 @functools.lru_cache(maxsize=256)
 def _reads(net: nets.TransformNet, before: tuple[Layer, ...], target: Layer) -> tuple[bool, tuple[str, ...]]:
     """What computing `target`'s input reads when the layers `before` are buffered."""
-    n = 16 * _mult(net)
+    n = 16 * total_stride(net)
     f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
     inputs = {lay.name: f32(1, lay.size(n), lay.size(n), lay.channels) for lay in before}
     stats = {lay.name: (f32(lay.channels), f32(lay.channels)) for lay in before if lay.stats}
-    variables = _abstract_variables(net)
+    variables = abstract_variables(net)
     closed = jax.make_jaxpr(lambda v, x, i, s: _forward_to(net, target.name, v, x, i, s))(
         variables, f32(1, n, n, 3), inputs, stats)
     live = _live_inputs(closed)
@@ -312,7 +312,7 @@ def halo(net: nets.TransformNet, k: int) -> int:
     network, not from a description of its layers: every input of the stage gets a large change at
     the pixel covering one input position (every channel, so that a ReLU cannot hide it), and the
     output rows and columns that change bound the reach."""
-    mult, ls = _mult(net), layers(net)
+    mult, ls = total_stride(net), layers(net)
     out = ls[k]
     reads_image, names = reads(net, k)
     variables = _probe_variables(net)
@@ -332,7 +332,7 @@ def halo(net: nets.TransformNet, k: int) -> int:
             changed[s.name] = arrays[s.name].copy()
             changed[s.name][:, r, r] += 100.0
         stats = {s.name: (jnp.zeros(s.channels), jnp.ones(s.channels)) for s in sources if s.stats}
-        outs = [np.asarray(_run_stage(net, k, (n, n), variables, a.get("image"), {s: a[s] for s in names},
+        outs = [np.asarray(run_stage(net, k, (n, n), variables, a.get("image"), {s: a[s] for s in names},
                                       stats, jnp.zeros(4, jnp.int32))[0])
                 for a in (arrays, changed)]
         diff = np.abs(outs[1] - outs[0])[0].max(-1) > 0

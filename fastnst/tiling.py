@@ -33,30 +33,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fastnst import images, nets, trim
+from fastnst import envvars, images, nets, trim
 from fastnst.buffers import Arena, Buffer, layout, to_device
 from fastnst.errors import ConfigError
-from fastnst.stages import OUTPUT, Layer, _mult, _run_stage, activation_bytes, border, halo, layers, reads
-
-
-def env_budget() -> int | None:
-    """`$FASTNST_MEMORY_BUDGET_MB` in bytes (None when unset); ConfigError unless a positive number."""
-    text = os.environ.get("FASTNST_MEMORY_BUDGET_MB", "").strip()
-    if not text:
-        return None
-    try:
-        mb = float(text)
-    except ValueError:
-        mb = float("nan")
-    if not math.isfinite(mb) or mb <= 0:
-        raise ConfigError(f"FASTNST_MEMORY_BUDGET_MB must be a positive number of megabytes, got {text!r}")
-    return int(mb * 2**20)
+from fastnst.stages import (
+    OUTPUT,
+    Layer,
+    activation_bytes,
+    border,
+    halo,
+    layers,
+    reads,
+    run_stage,
+    total_stride,
+)
 
 
 def default_budget() -> int:
     """Working-memory budget in bytes: half the accelerator's memory, or a quarter of the RAM
     (at most 1.5 GiB) on the CPU; `$FASTNST_MEMORY_BUDGET_MB` overrides."""
-    env = env_budget()
+    env = envvars.memory_budget()
     if env:
         return env
     dev = jax.devices()[0]
@@ -180,7 +176,7 @@ def plan(net: nets.TransformNet, hp: int, wp: int, budget: int, tile: int | None
     Raises:
       ConfigError: the budget is too small for the smallest window of some stage.
     """
-    mult, ls = _mult(net), layers(net)
+    mult, ls = total_stride(net), layers(net)
     pad_px = border(net)  # windows at the border hold the network's padding
     stages = []
     share = budget if len(ls) == 1 else budget // 2  # the other half holds buffers
@@ -267,7 +263,7 @@ def _stage_windows(net, variables, k: int, st: Stage, image, buffers: dict, by_n
         if st.trim is not None:  # the trimmed output starts `shift` rows/cols later
             at = tuple(int(a) for a in np.subtract(owned, np.repeat(st.trim.shift[i], 2)))
             crops = (st.trim.sizes, jnp.asarray(st.trim.offsets[i]))
-        pending = (*_run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(at), *crops),
+        pending = (*run_stage(net, k, st.window, variables, img, ins, st_stats, jnp.asarray(at), *crops),
                    win, owned, at)
         if done is not None:
             acc = write(acc, *done)
@@ -309,7 +305,7 @@ def apply_tiled(net: nets.TransformNet, variables, image: np.ndarray, *, budget:
     half the budget less the output's size; the rest go to temporary files). `info`, when given,
     receives the number of stages and windows and the peak bytes of buffers in RAM and on disk.
     """
-    mult = _mult(net)
+    mult = total_stride(net)
     budget = budget or default_budget()
     h, w = image.shape[:2]
     hp, wp = h + (-h % mult), w + (-w % mult)

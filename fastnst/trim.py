@@ -8,7 +8,7 @@ last 9x9 conv only 4 px. So before each of the network's top-level layers (its d
 convs, residual blocks, up-sampling layers) the activation is cropped to the core plus what the
 rest of the network can reach. Like the stages, this comes from the network, not from a
 description of it: the grids of the top-level layers from the two shape-only probes
-(`stages._probe_shapes`), and each remaining reach as an upper bound, the sum over every later
+(`stages.probe_shapes`), and each remaining reach as an upper bound, the sum over every later
 layer that owns a kernel of (kernel size // 2) x its input stride. Rows beyond the crop are then
 missing or, where the next conv pads, wrong; both lie beyond the remaining reach, so the kept
 output is exact.
@@ -50,13 +50,13 @@ class Point:
 @functools.lru_cache(maxsize=32)
 def points(net: nets.TransformNet) -> tuple[Point, ...]:
     """The top-level layers that contain a kernel, in call order, and their remaining reach."""
-    seen, _ = stages._probe_shapes(net)
-    params = stages._abstract_variables(net)["params"]
+    seen, _ = stages.probe_shapes(net)
+    params = stages.abstract_variables(net)["params"]
     calls = []  # (path, stride, pad, own kernel reach in input px)
     for name, probes in seen.items():
         if len(probes) < 2:
             continue
-        stride, pad = stages._geometry(net, (probes[0][0][1], probes[1][0][1]))
+        stride, pad = stages.geometry(net, (probes[0][0][1], probes[1][0][1]))
         reach = 0.0
         if probes[0][2]:
             node = params

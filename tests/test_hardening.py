@@ -222,6 +222,8 @@ def test_optimize_refuses_meaningless_inputs_before_computing(tmp_path):
      "FASTNST_MEMORY_BUDGET_MB", 1),
     (["bin/stylize", "--model=the_scream", "x.png", "--out=o.png"], {"FASTNST_MEMORY_BUDGET_MB": "-5"},
      "FASTNST_MEMORY_BUDGET_MB", 1),
+    (["bin/stylize", "--model=the_scream", "x.png", "--out=o.png"], {"FASTNST_MAX_PIXELS": "64M"},
+     "FASTNST_MAX_PIXELS must be a positive number, got '64M'", 1),
     (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=0"], {},
      "--num_processes", 1),
     (["bin/train", "--config=configs/style.py:runlocal", "--workdir={t}/w", "--num_processes=2",

@@ -105,7 +105,7 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
     np.testing.assert_array_equal(disk, ram)  # the same windows and programs: the same bits
     assert buffers.open_buffer_files() == []
     calls = []
-    real = tiling._run_stage
+    real = tiling.run_stage
 
     def interrupted(*args):
         calls.append(args[1])
@@ -114,7 +114,7 @@ def test_buffers_on_disk_give_the_same_result_and_are_gone_afterwards_and_after_
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(tiling, "_run_stage", interrupted)
+    monkeypatch.setattr(tiling, "run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tiling.apply_tiled(m.net, m.variables, x, tile=24, ram=0)
     assert buffers.open_buffer_files() == []  # unlinked at creation, closed on the way out

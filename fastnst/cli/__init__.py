@@ -119,9 +119,9 @@ def import_native_code() -> None:
 
 def check_environment() -> None:
     """Validates fastnst's environment variables before any work (a bad value is a one-line error)."""
-    from fastnst import tiling
+    from fastnst import envvars
 
-    tiling.env_budget()
+    envvars.check()
 
 
 def at_least(n: int):
