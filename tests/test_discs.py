@@ -29,6 +29,14 @@ def test_a_painted_disc_is_found_with_its_area_and_a_blown_out_sky_is_not():
     sky = photo.copy()
     sky[disc] = 250.0  # the photo itself is blown out there: not the network's doing
     assert discs.disc_area(out, sky)["area"] == 0.0
+    cyan = photo.copy()
+    cyan[disc] = (0.0, 252.0, 252.0)  # saturated, flat, luminance 177: a disc all the same
+    assert discs.disc_area(cyan, photo)["count"] == 1
+    blue = photo.copy()
+    blue[:60] = (90.0, 160.0, 235.0)  # a clear blue sky, bright in one channel and flat, kept: no disc
+    white = np.where(disc[..., None], 250.0, blue)  # ... with a white disc painted into it: one
+    assert discs.disc_area(blue, blue)["area"] == 0.0 and discs.disc_area(white, blue)["count"] == 1
+    assert disc.mean() <= discs.disc_area(white, blue)["area"] <= 1.05 * disc.mean()
 
 
 def test_specks_and_dark_or_textured_patches_are_not_discs():
