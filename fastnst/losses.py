@@ -278,6 +278,8 @@ def spike_term(*, norm_outputs, spike_threshold=4.0) -> jax.Array:
     values, then over the layers. A disc is a few per cent of the pixels holding most of a channel's
     variance (up to 90% in the shipped networks: 6 and more standard deviations out), which lets
     the network set that channel's statistics for the whole image; ordinary features stay within.
+    Measured: it does not remove the discs; trained with it, a network paints larger ones whose
+    values stay under the threshold (results/discs/README.md). Kept, off, for experiments.
     """
     if not norm_outputs:
         raise ValueError("the spike term needs a network with whole-image normalisation (instance norm)")

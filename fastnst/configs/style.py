@@ -63,7 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # up to S px (the output must move with the content). See docs/video.md.
         stability=0.0, stability_noise=8.0, stability_shift=0,
         # Spike penalty on the instance norms' outputs beyond spike_threshold standard deviations
-        # of their channel (losses.spike_term): against the bright discs, results/discs/README.md.
+        # of their channel (losses.spike_term). Off: tried against the bright discs, it did not
+        # remove them (the network painted larger ones): results/discs/README.md.
         spike=0.0, spike_threshold=4.0))
 
     c.train = ml_collections.ConfigDict(dict(

@@ -27,6 +27,6 @@ photo = images.resize_max_side(images.load_image(data.sample_photo("chelsea.png"
 for name in ("starry_night", "the_scream"):
     out = np.asarray(stylize.apply(modelfile.load_model(name), photo))
     rows[f"{name}/chelsea"] = discs.disc_area(out, photo)
-    images.save_image(Path(sys.argv[1]).parent / f"chelsea_{name}_discs_red.png", np.where(discs.disc_mask(out, photo)[..., None], [255, 0, 0], out).astype(np.float32))
+
     print(name, "chelsea", rows[f"{name}/chelsea"])
 json.dump(rows, open(sys.argv[1], "w"), indent=1)
