@@ -6,7 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCK   := constraints.txt
-PYTEST := $(PY) -m pytest -q -n 2
+# A test whose worker process dies (a segmentation fault inside XLA's CPU compiler, seen about once
+# per full run and never alone: docs/testing.md) runs once more; failures of any other kind do not,
+# since --only-rerun matches no assertion or error of the suite.
+PYTEST := $(PY) -m pytest -q -n 2 --reruns=1 --only-rerun='^fastnst_no_failure_is_rerun$$'
 
 .PHONY: demo test test-fast lint install lock clean
 
