@@ -15,7 +15,7 @@ from fastnst.errors import ConfigError
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-def _positive(name: str) -> float | None:
+def _positive(name: str, unit: str = "number") -> float | None:
     text = os.environ.get(name, "").strip()
     if not text:
         return None
@@ -24,13 +24,13 @@ def _positive(name: str) -> float | None:
     except ValueError:
         value = float("nan")
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {text!r}")
+        raise ConfigError(f"{name} must be a positive {unit}, got {text!r}")
     return value
 
 
 def memory_budget() -> int | None:
     """`$FASTNST_MEMORY_BUDGET_MB` in bytes (None when unset): tiling's working-memory budget."""
-    mb = _positive("FASTNST_MEMORY_BUDGET_MB")
+    mb = _positive("FASTNST_MEMORY_BUDGET_MB", "number of megabytes")
     return None if mb is None else int(mb * 2**20)
 
 

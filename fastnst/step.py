@@ -133,9 +133,10 @@ def update(state: TrainState, batch: Mapping, inputs: StepInputs,
 
 
 def _whole_image_norms(module, method: str) -> bool:
-    """Flax's capture filter: the outputs of the norm layers with whole-image statistics."""
-    kinds = tuple(k.module_type for k in variants.NORMS.values() if k.image_stats)
-    return method == "__call__" and isinstance(module, kinds)
+    """Flax's capture filter: the outputs of the norm layers with whole-image statistics (as
+    `variants.is_layer_of` tells them, so the instance norm inside a conditional one is not a second)."""
+    return method == "__call__" and any(variants.is_layer_of(module, k) for k in variants.NORMS.values()
+                                        if k.image_stats)
 
 
 def _keys(inputs: StepInputs, step) -> tuple[jax.Array | None, jax.Array | None]:

@@ -103,3 +103,20 @@ def test_spike_term_against_numpy_and_what_the_step_feeds_it(vgg_params, tmp_pat
 
     with pytest.raises(ConfigError, match=r"loss.spike acts on instance norms' outputs; model.norm='batch'"):
         schema.validate(cfg)  # (and a config says so before any work)
+
+
+def test_the_spike_term_reads_each_whole_image_norm_once():
+    """A conditional instance norm holds an instance norm inside: the step's capture filter takes
+    the layer's output, not the inner one's as a second (15 norms for either kind)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fastnst import nets, step
+
+    for norm, extra in (("instance", {}), ("conditional_instance", {"num_styles": 2})):
+        net = nets.build(dict(task="style", scale=1, norm=norm, upsample="resize_conv", padding="paper",
+                              width=0.25, **extra))
+        kw = {"style": nets.style_weights(net, 0)} if nets.is_multistyle(net) else {}
+        _, st = net.apply(nets.init(net, jax.random.key(0), 32), jnp.zeros((1, 32, 32, 3)),
+                          mutable=["intermediates"], capture_intermediates=step._whole_image_norms, **kw)
+        assert len(jax.tree.leaves(st["intermediates"])) == 15, norm
