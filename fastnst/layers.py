@@ -135,6 +135,69 @@ class ConditionalInstanceNorm(nn.Module):
         return (y * gamma.astype(y.dtype) + beta.astype(y.dtype)).astype(y.dtype)
 
 
+def floored_normalise(x, mean, var, scale, bias, log_floor, epsilon):
+    """(x - mean) / sqrt(var + epsilon + exp(log_floor)) * scale + bias, per channel."""
+    y = (x - mean) * jax.lax.rsqrt(var + epsilon + jnp.exp(log_floor))
+    return y * scale + bias
+
+
+def _floored_stats(x):
+    """Per-image, per-channel mean and variance of NHWC x, in float32 whatever the compute dtype
+    (as nn.InstanceNorm)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=(1, 2), keepdims=True)
+    return x32, mean, jnp.square(x32 - mean).mean(axis=(1, 2), keepdims=True)
+
+
+class FlooredInstanceNorm(nn.Module):
+    """Instance norm that divides by sqrt(var + floor) with a learned floor per channel, not by
+    sqrt(var + 1e-5): an image whose channel varies little is not amplified to unit variance.
+
+    Plain instance norm scales every image's channel to unit variance, so a nearly flat channel
+    (a sky, a wall) is amplified many times; a style network learns to stop that by painting a
+    bright disc there, whose variance then dominates the channel's statistics for the whole image
+    (results/discs/README.md). With a floor the network has a direct way to limit the gain.
+    `floor_init` is the initial floor (exp(log_floor)), in units of the layer input's variance.
+    """
+
+    epsilon: float = 1e-5
+    floor_init: float = 1.0
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones_init(), (c,))
+        bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+        log_floor = self.param("log_floor", nn.initializers.constant(np.log(self.floor_init)), (c,))
+        x32, mean, var = _floored_stats(x)
+        y = floored_normalise(x32, mean, var, scale, bias, log_floor, self.epsilon)
+        return y.astype(self.dtype or x.dtype)
+
+
+class ConditionalFlooredInstanceNorm(nn.Module):
+    """`FlooredInstanceNorm` with a gamma and beta per style, as `ConditionalInstanceNorm`; the floor
+    is one per channel, shared by the styles (it concerns the shared convolutions' activations)."""
+
+    epsilon: float = 1e-5
+    floor_init: float = 1.0
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, style: jax.Array | None = None) -> jax.Array:
+        if style is None:
+            raise ValueError("a multi-style network needs style weights (style=[S] or [N, S])")
+        s, c = style.shape[-1], x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones_init(), (s, c))
+        bias = self.param("bias", nn.initializers.zeros_init(), (s, c))
+        log_floor = self.param("log_floor", nn.initializers.constant(np.log(self.floor_init)), (c,))
+        w = jnp.reshape(jnp.asarray(style, jnp.float32), (-1, s))
+        x32, mean, var = _floored_stats(x)
+        gamma, beta = (w @ scale)[:, None, None, :], (w @ bias)[:, None, None, :]
+        y = floored_normalise(x32, mean, var, gamma, beta, log_floor, self.epsilon)
+        return y.astype(self.dtype or x.dtype)
+
+
 _PHASE = np.array([[[1, 0, 0], [0, 1, 1]],
                    [[1, 1, 0], [0, 0, 1]]], np.float32)
 

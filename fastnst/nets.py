@@ -17,7 +17,9 @@ paper's code uses `150 * tanh(x)` around the mean pixel and clips when saving; o
 clipping, so the losses see exactly the image that is saved.
 
 Options (`config.model`, defaults in `ARCHITECTURES`): `norm` = batch (paper) | instance (Ulyanov et
-al.) | conditional_instance (a gamma and beta per style, Dumoulin et al. 2017; the net then takes
+al.) | instance_floor (instance norm with a learned variance floor per channel, which stops the bright
+discs: `layers.FlooredInstanceNorm`, results/discs/README.md) | conditional_instance and
+conditional_instance_floor (a gamma and beta per style, Dumoulin et al. 2017; the net then takes
 style weights and `num_styles` says how many); `upsample` = transpose (paper, fractionally strided
 conv) | resize_conv (nearest x2 then 3x3 conv; avoids checkerboard artefacts); `padding` = paper
 (one big reflection pad, unpadded residual convs) | reflect_same (reflection padding at every conv);
@@ -147,7 +149,7 @@ class TransformNet(nn.Module):
       norm: the normalisation's name in `variants.NORMS`.
       upsample: the up-sampling's name in `variants.UPSAMPLES`.
       padding: 'paper' or 'reflect_same' (see the module docstring).
-      num_styles: styles of a multi-style net (`norm` conditional_instance); 1 otherwise.
+      num_styles: styles of a multi-style net (a conditional `norm`); 1 otherwise.
     """
 
     stem: int = 32
@@ -165,7 +167,7 @@ class TransformNet(nn.Module):
     def __call__(self, images: jax.Array, train: bool = False, style: jax.Array | None = None) -> jax.Array:
         """`style`: the style weights of a multi-style net ([S] or [N, S]), None otherwise."""
         if (style is not None) != is_multistyle(self):
-            raise ValueError("style weights go with a multi-style (conditional_instance) network, "
+            raise ValueError("style weights go with a multi-style (conditional norm) network, "
                              "and only there")
         chex.assert_rank(images, 4)
         chex.assert_axis_dimension(images, 3, 3)
@@ -211,7 +213,7 @@ def _width(n: int, width: float) -> int:
 def style_net(*, norm: str = "batch", upsample: str = "transpose", padding: str = "paper",
               width: float = 1.0, scale: int = 1, num_styles: int = 1) -> TransformNet:
     """The paper's style-transfer network (width 1.0), or a narrower/wider variant; with
-    `norm="conditional_instance"`, one network for `num_styles` styles."""
+    a conditional norm (`norm="conditional_instance_floor"`), one network for `num_styles` styles."""
     if scale != 1:
         raise ConfigError(f"model.scale must be 1 for a style network, got {scale}")
     if num_styles != int(num_styles) or not 1 <= num_styles <= 1024:

@@ -137,9 +137,9 @@ def units(sizes: Sizes, *, styles: list[Path], photos: str, precision: str,
     out = []
     if styles:
         c = common(style_config.get_config(), sizes.style_crop)
-        c.model.update(norm="instance", upsample="resize_conv")
+        c.model.update(norm="instance_floor", upsample="resize_conv")  # no bright discs
         if multistyle:
-            c.model.update(norm="conditional_instance", num_styles=len(styles))
+            c.model.update(norm="conditional_instance_floor", num_styles=len(styles))
             c.style_image = ""
         c.style_images = tuple(str(p) for p in styles)
         c.style_size = sizes.style_size

@@ -208,7 +208,7 @@ def validate(config, init_model: modelfile.Model | None = None) -> Config:
                           f"({train.image_size // 4}), got {c['loss']['stability_shift']}")
     if spec.weight("spike") and not variants.norm(model["norm"]).image_stats:
         raise ConfigError(f"loss.spike acts on instance norms' outputs; model.norm={model['norm']!r} has "
-                          "none (use norm='instance' or set loss.spike=0)")
+                          "none (use norm='instance_floor' or set loss.spike=0)")
     style_image = _check("style_image", c.get("style_image", ""), str)
     style_images = _style_images(c.get("style_images", ()), model, spec, start)
     style_size = _check("style_size", c.get("style_size", 512), int)

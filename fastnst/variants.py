@@ -95,6 +95,29 @@ def _instance_onnx(g, x, p, stats):
                                           _onnx_weight(g, p, "bias", "shift")], epsilon=EPSILON)
 
 
+def _floored_standardise(g, x, p):
+    """(x - mean) / sqrt(var + eps + exp(log_floor)) per channel: ONNX's InstanceNormalization has
+    one epsilon for all channels, so the statistics are written out."""
+    shape = g.const(np.array([1, -1, 1, 1], np.int64))
+    d = g.op("Sub", [x, g.op("ReduceMean", [x], axes=[2, 3], keepdims=1)])
+    var = g.op("ReduceMean", [g.op("Mul", [d, d])], axes=[2, 3], keepdims=1)
+    floor = (np.exp(np.asarray(p["log_floor"], np.float64)) + EPSILON).astype(np.float32)
+    return g.op("Div", [d, g.op("Sqrt", [g.op("Add", [var, g.op("Reshape", [g.const(floor, "floor", True),
+                                                                           shape])])])])
+
+
+def _floored_onnx(g, x, p, stats):
+    del stats
+    return _onnx_affine(g, _floored_standardise(g, x, p), _onnx_weight(g, p, "scale", "scale"),
+                        _onnx_weight(g, p, "bias", "shift"))
+
+
+def _conditional_floored_onnx(g, x, p, stats):
+    del stats
+    gamma, beta = (g.op("MatMul", [STYLE_INPUT, _onnx_weight(g, p, k, k)]) for k in ("scale", "bias"))
+    return _onnx_affine(g, _floored_standardise(g, x, p), gamma, beta)
+
+
 def _conditional_onnx(g, x, p, stats):
     """gamma, beta = style @ [S, C] rows; the style weights are the graph's second input."""
     del stats
@@ -132,6 +155,11 @@ def _instance_normalise(x, mean, var, module):
     return y * module.get_variable("params", "scale") + module.get_variable("params", "bias")
 
 
+def _floored_normalise(x, mean, var, module):
+    params = {k: module.get_variable("params", k) for k in ("scale", "bias", "log_floor")}
+    return layers.floored_normalise(x, mean, var, epsilon=module.epsilon, **params)
+
+
 # Module-level functions, not partials: a net's fields must compare equal across rebuilds so that
 # jitted inference (static net) compiles once per shape.
 def _batch(train: bool, name: str, dtype=None) -> nn.Module:
@@ -145,10 +173,22 @@ def _instance(train: bool, name: str, dtype=None) -> nn.Module:
     return nn.InstanceNorm(epsilon=EPSILON, dtype=dtype, name=name)
 
 
+def _floored(train: bool, name: str, dtype=None) -> nn.Module:
+    """Instance norm with a learned variance floor per channel (`layers.FlooredInstanceNorm`)."""
+    del train
+    return layers.FlooredInstanceNorm(epsilon=EPSILON, dtype=dtype, name=name)
+
+
 def _conditional(train: bool, name: str, dtype=None) -> nn.Module:
     """Instance norm with a gamma and beta per style (Dumoulin et al. 2017)."""
     del train
     return layers.ConditionalInstanceNorm(epsilon=EPSILON, dtype=dtype, name=name)
+
+
+def _conditional_floored(train: bool, name: str, dtype=None) -> nn.Module:
+    """The floored instance norm with a gamma and beta per style."""
+    del train
+    return layers.ConditionalFlooredInstanceNorm(epsilon=EPSILON, dtype=dtype, name=name)
 
 
 def _transpose(features: int, *, edge_pad: bool, name: str, dtype=None) -> nn.Module:
@@ -166,9 +206,15 @@ NORMS: dict[str, NormKind] = {
     "batch": NormKind("batch", _batch, nn.BatchNorm, image_stats=False, onnx=_batch_onnx),
     "instance": NormKind("instance", _instance, nn.InstanceNorm, image_stats=True, onnx=_instance_onnx,
                          normalise=_instance_normalise),
+    "instance_floor": NormKind("instance_floor", _floored, layers.FlooredInstanceNorm, image_stats=True,
+                               onnx=_floored_onnx, normalise=_floored_normalise),
     "conditional_instance": NormKind("conditional_instance", _conditional, layers.ConditionalInstanceNorm,
                                      image_stats=True, onnx=_conditional_onnx, per_style=("scale", "bias"),
                                      baked="instance"),
+    "conditional_instance_floor": NormKind("conditional_instance_floor", _conditional_floored,
+                                           layers.ConditionalFlooredInstanceNorm, image_stats=True,
+                                           onnx=_conditional_floored_onnx, per_style=("scale", "bias"),
+                                           baked="instance_floor"),
 }
 UPSAMPLES: dict[str, UpsampleKind] = {
     "transpose": UpsampleKind("transpose", _transpose, _transpose_onnx),

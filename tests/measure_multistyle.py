@@ -108,7 +108,8 @@ def main() -> None:
                                f"--config.train.steps={n}"),
         "fine-tuned from the_scream (width 1.0)": _train(
             work / "finetune_wave", f"configs/style.py:runlocal,style={FIFTH}", f"--config.train.steps={n}",
-            "--config.model.width=1.0", "--config.init_from=the_scream"),
+            "--config.model.width=1.0", "--config.model.norm=instance",  # (the shipped net's norm)
+            "--config.init_from=the_scream"),
     }
     params, photos = vgg.load_params(), _photos()
     m4 = modelfile.load_model(multi)

@@ -39,3 +39,28 @@ def test_cpu_conv_matches_xla(shape, kshape, stride, padding):
 def test_unknown_impl():
     with pytest.raises(ValueError, match="unknown conv impl"):
         conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), impl="gemm")
+
+
+def test_floored_instance_norm_matches_numpy_and_limits_the_gain_of_a_flat_channel():
+    """Against a float64 NumPy reference with a different floor per channel; and the point of the
+    floor: a nearly flat channel (std 0.01) comes out near its own scale, not at unit variance, while
+    a channel that varies much more than its floor is normalised almost as instance norm does."""
+    import flax.linen as nn
+
+    from fastnst.layers import FlooredInstanceNorm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 7, 3)) * np.array([0.01, 1.0, 30.0]) + np.array([5.0, -2.0, 0.5])
+    layer = FlooredInstanceNorm()
+    params = {"scale": np.array([1.5, 0.5, 2.0]), "bias": np.array([0.1, -0.2, 0.3]),
+              "log_floor": np.log(np.array([1.0, 0.5, 2.0]))}
+    y = np.asarray(layer.apply({"params": jax.tree.map(jnp.float32, params)}, jnp.float32(x)))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
+    want = (x - mean) / np.sqrt(var + 1e-5 + np.exp(params["log_floor"])) * params["scale"] + params["bias"]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+    normalised = (y - params["bias"]) / params["scale"]
+    assert normalised[..., 0].std() < 0.02  # the flat channel: std 0.01 / sqrt(1 + 1e-4), not 1
+    plain = np.asarray(nn.InstanceNorm().apply({"params": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}},
+                                               jnp.float32(x)))
+    np.testing.assert_allclose(normalised[..., 2], plain[..., 2], rtol=2e-3, atol=2e-3)

@@ -183,7 +183,7 @@ def test_recipe_dry_run_trains_exports_and_evaluates_the_whole_set(shared_data, 
             for suffix in ("", "_histmatch"):
                 assert (out / "eval" / f"{name}{suffix}" / "table.md").is_file()
         else:
-            assert m.config["norm"] == "instance" and m.meta["style_image"].endswith(f"{name}.jpg")
+            assert m.config["norm"] == "instance_floor" and m.meta["style_image"].endswith(f"{name}.jpg")
             assert (out / "eval" / name / "table.md").is_file()
     import json
 
@@ -337,7 +337,7 @@ def test_recipe_multistyle_unit_ships_each_style_as_its_own_model(tmp_path):
     multi = modelfile.load_model(work / "model.msgpack")
     for name, path in files.items():
         one = modelfile.load_model(path)
-        assert one.config["norm"] == "instance" and one.meta["style_image"].endswith(f"{name}.jpg")
+        assert one.config["norm"] == "instance_floor" and one.meta["style_image"].endswith(f"{name}.jpg")
         np.testing.assert_array_equal(stylize.apply(one, photo),
                                       stylize.apply(styles.select(multi, name), photo))
 

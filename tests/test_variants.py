@@ -55,8 +55,8 @@ def group_norm(monkeypatch):
 
 
 def _model(norm: str, upsample: str = "resize_conv", task: str = "style", seed: int = 0):
-    """A quarter-width net with every norm's scale, shift and running statistics moved off their
-    initial values (so a norm applied or exported as the wrong kind, or without its parameters,
+    """A quarter-width net with every norm's scale, shift, running statistics and floor moved off
+    their initial values (so a norm applied or exported as the wrong kind, or without its parameters,
     shows)."""
     multi = variants.NORMS[norm].multistyle
     cfg = nets.model_config({"task": task, "norm": norm, "upsample": upsample, "width": 0.25,
@@ -67,7 +67,7 @@ def _model(norm: str, upsample: str = "resize_conv", task: str = "style", seed: 
 
     def move(path, leaf):
         key, scope = path[-1].key, [k.key for k in path[:-1]]
-        if scope and scope[-1].startswith("norm") and key in ("scale", "bias", "mean", "var"):
+        if scope and scope[-1].startswith("norm") and key in ("scale", "bias", "mean", "var", "log_floor"):
             return leaf + rng.uniform(0.1, 0.5, leaf.shape).astype(np.float32)
         return leaf
 
@@ -124,7 +124,8 @@ def test_every_norm_exports_to_onnx_and_onnxruntime_gives_fastnsts_pixels(norm, 
 
 
 def test_an_unknown_kind_is_refused_by_the_config_and_by_export(tmp_path):
-    with pytest.raises(ConfigError, match="must be one of batch, instance, conditional_instance, group"):
+    kinds = "batch, instance, instance_floor, conditional_instance, conditional_instance_floor, group"
+    with pytest.raises(ConfigError, match=f"must be one of {kinds}"):
         nets.model_config({"task": "style", "norm": "layer"})
     m = _model("instance")
     m.config["norm"] = "layer"  # a model file from a fastnst with another kind

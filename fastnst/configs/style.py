@@ -20,8 +20,11 @@ blurring; its weighted value stays around 1% of the total.
 `time_limit_s` (0 = none) ends a run after that many seconds, checkpointing and exporting as at the
 last step; rerunning resumes towards `steps`.
 
-`runlocal` trains a half-width network (instance norm, resize-convolution) on 128 px crops for
-300 steps (about 8 minutes on 2 CPU cores): a real but short run, for demos and checks.
+`runlocal` trains a half-width network (instance norm with a learned variance floor per channel,
+`model.norm=instance_floor`, and resize-convolution) on 128 px crops for 300 steps (about 8 minutes
+on 2 CPU cores): a real but short run, for demos and checks. The floor is what stops the bright discs
+that plain instance norm (`instance`) networks paint into skies and walls: results/discs/README.md
+has the experiment. The paper's batch norm stays the default above, as the paper trained it.
 """
 
 import ml_collections
@@ -64,7 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         stability=0.0, stability_noise=8.0, stability_shift=0,
         # Spike penalty on the instance norms' outputs beyond spike_threshold standard deviations
         # of their channel (losses.spike_term). Off: tried against the bright discs, it did not
-        # remove them (the network painted larger ones): results/discs/README.md.
+        # remove them (the network painted larger ones); the floored norm (model.norm=
+        # instance_floor) does: results/discs/README.md.
         spike=0.0, spike_threshold=4.0))
 
     c.train = ml_collections.ConfigDict(dict(
@@ -76,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a["runlocal"]:
         c.style_size = 256
         c.model.width = 0.5
-        c.model.norm = "instance"
+        c.model.norm = "instance_floor"
         c.model.upsample = "resize_conv"
         c.train.update(batch_size=2, image_size=128, steps=300, log_every=10, ckpt_every=100,
                        sample_every=100)

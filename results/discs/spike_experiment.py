@@ -2,8 +2,11 @@
 
   .venv/bin/python results/discs/spike_experiment.py OUT STEPS ARM=WEIGHT[:THRESHOLD] ...
   e.g. results/discs/spike_experiment.py /tmp/spike 200 baseline=0 spike10=10 spike30=30:4
+  Options: --model=NAME (another shipped style network), --size=PX (crops), --lr=LR.
   An arm whose name starts with "batch" trains the shipped network with batch norm in place of
-  instance norm (its parameters kept; `batch_norm_start`).
+  instance norm (its parameters kept; `batch_norm_start`); an arm named floorF with the floored
+  instance norm, each channel's floor starting at F times its median variance (`floor_start`), e.g. floor1=0, or
+  with the spike term too, floor1_spike10=10.
 
 Every arm starts from the shipped starry_night network (which paints discs: results/discs/
 README.md) and trains STEPS more steps with the same data, seed, crops (batch 2, 128 px, the
@@ -14,6 +17,7 @@ TV, the spike term left out) on 256 px centre squares of the same photos. Writes
 OUT/results.json and OUT/sheet.jpg (photo | shipped | each arm, the discs outlined in red).
 """
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,14 +44,42 @@ def batch_norm_start(shipped: modelfile.Model, path: Path) -> Path:
     return modelfile.save_model(path, {**shipped.config, "norm": "batch"}, variables, meta=shipped.meta)
 
 
-def config(workdir_steps: int, weight: float, threshold: float, shipped: modelfile.Model, start=None):
+def floor_start(shipped: modelfile.Model, path: Path, fraction: float, files) -> Path:
+    """The shipped network with instance norm replaced by `instance_floor`: the same parameters, each
+    channel's floor `fraction` times the median variance of the norm's input over `files` (training
+    photos at 256 px) under the shipped network, so that the function starts close to the shipped one."""
+    from activations import PAIRS
+
+    variances = {}
+    for f in files:
+        p = images.resize_max_side(images.load_image(f), 256)
+        h, w = (d - d % 4 for d in p.shape[:2])
+        _, st = shipped.net.apply(shipped.variables, jnp.asarray(p[None, :h, :w]), capture_intermediates=True,
+                                  mutable=["intermediates"])
+        for conv, norm in PAIRS:
+            node = st["intermediates"]
+            for part in conv.split("/"):
+                node = node[part]
+            a = np.asarray(node["__call__"][0][0])
+            variances.setdefault(norm, []).append(a.reshape(-1, a.shape[-1]).var(0))
+    params = jax.tree_util.tree_map(np.asarray, shipped.variables["params"])
+    for norm, v in variances.items():
+        node = params
+        for part in norm.split("/"):
+            node = node[part]
+        node["log_floor"] = np.log(fraction * np.median(np.stack(v), 0)).astype(np.float32)
+    return modelfile.save_model(path, {**shipped.config, "norm": "instance_floor"}, {"params": params},
+                                meta=shipped.meta)
+
+
+def config(workdir_steps: int, weight: float, threshold: float, shipped: modelfile.Model, start=None,
+           size: int = 128, lr: float = 1e-3):
     c = style_config.get_config()
-    c.init_from = str(start or "starry_night")
     c.model.update(shipped.config)
     if start is not None:
-        c.model.norm = "batch"
+        c.model.norm = modelfile.load_model(start).config["norm"]
     c.data.holdout = 10  # the measured photos are never trained on
-    c.train.update(batch_size=2, image_size=128, steps=workdir_steps, log_every=25,
+    c.train.update(batch_size=2, image_size=size, lr=lr, steps=workdir_steps, log_every=25,
                    ckpt_every=workdir_steps, sample_every=10**9)
     c.loss.update(spike=weight, spike_threshold=threshold)
     return c
@@ -78,7 +110,7 @@ def measure(model, photos512, squares, value, params, spec):
     return {"disc_area": areas, "objective": obj}, outs
 
 
-def main(out, steps, arms):
+def main(out, steps, arms, shipped_name="starry_night", size=128, lr=1e-3):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shared = data.shared_data()
@@ -89,18 +121,26 @@ def main(out, steps, arms):
                  for s, fs in sets.items()}
     squares = {s: {Path(f).stem: evaluate.center_square(images.load_image(f), 256) for f in fs}
                for s, fs in sets.items()}
-    shipped = modelfile.load_model("starry_night")
+    shipped = modelfile.load_model(shipped_name)
     spec, style_size = perceptual.of_model(shipped.meta)
     params = vgg.load_params()
-    grams = perceptual.style_grams(params, images.load_image(shared / "styles" / "starry_night.jpg"),
+    grams = perceptual.style_grams(params, images.load_image(shared / "styles" / f"{shipped_name}.jpg"),
                                    spec.style_layers, style_size)
     value = objective_fn(spec, params, grams)
     results, sheets = {}, {}
     results["shipped"], sheets["shipped"] = measure(shipped, photos512, squares, value, params, spec)
     for arm, (weight, threshold) in arms.items():
         t0 = time.monotonic()
-        start = batch_norm_start(shipped, out / f"{arm}_start.msgpack") if arm.startswith("batch") else None
-        run = train.train_and_evaluate(config(steps, weight, threshold, shipped, start), out / arm,
+        start = None
+        if arm.startswith("batch"):
+            start = batch_norm_start(shipped, out / f"{arm}_start.msgpack")
+        elif arm.startswith("floor"):
+            start = floor_start(shipped, out / f"{arm}_start.msgpack", float(re.match(r"floor([0-9.]*[0-9])", arm)[1]),
+                                data.FolderSource(shared / "train", holdout=10).files[:16])
+        c = config(steps, weight, threshold, shipped, start, size, lr)
+        c.init_from = str(start or shipped_name)
+        c.style_image = str(shared / "styles" / f"{shipped_name}.jpg")
+        run = train.train_and_evaluate(c, out / arm,
                                        progress=False)
         m = modelfile.load_model(run.model_path)
         results[arm], sheets[arm] = measure(m, photos512, squares, value, params, spec)
@@ -141,9 +181,13 @@ def write_sheet(path, results, sheets, photos, h=200):
 
 
 if __name__ == "__main__":
-    arms = {}
+    arms, opts = {}, {}
     for a in sys.argv[3:]:
+        if a.startswith("--"):  # --model=NAME (a shipped style network), --size=PX, --lr=LR
+            k, _, v = a[2:].partition("=")
+            opts[{"model": "shipped_name"}.get(k, k)] = {"size": int, "lr": float}.get(k, str)(v)
+            continue
         name, _, v = a.partition("=")
         w, _, t = v.partition(":")
         arms[name] = (float(w), float(t or 4.0))
-    main(sys.argv[1], int(sys.argv[2]), arms)
+    main(sys.argv[1], int(sys.argv[2]), arms, **opts)
