@@ -109,6 +109,19 @@ class Conv(nn.Module):
         return conv2d(x, kernel, self.strides, self.padding, impl=self.impl) + bias.astype(self.dtype)
 
 
+def _style_affine(module: nn.Module, style: jax.Array | None, c: int) -> tuple[jax.Array, jax.Array]:
+    """A conditional norm's `scale` and `bias` parameters, one row per style ([S, C]), and the gamma
+    and beta that the style weights `style` ([S] or [N, S]) choose: `style @ scale`, `style @ bias`,
+    shaped [N, 1, 1, C]."""
+    if style is None:
+        raise ValueError("a multi-style network needs style weights (style=[S] or [N, S])")
+    s = style.shape[-1]
+    scale = module.param("scale", nn.initializers.ones_init(), (s, c))
+    bias = module.param("bias", nn.initializers.zeros_init(), (s, c))
+    w = jnp.reshape(jnp.asarray(style, jnp.float32), (-1, s))
+    return (w @ scale)[:, None, None, :], (w @ bias)[:, None, None, :]
+
+
 class ConditionalInstanceNorm(nn.Module):
     """Instance norm whose scale and shift depend on the style (Dumoulin et al. 2017, "A Learned
     Representation for Artistic Style"): one row of `scale` and `bias` per style ([S, C]). Called
@@ -121,17 +134,11 @@ class ConditionalInstanceNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, style: jax.Array | None = None) -> jax.Array:
-        if style is None:
-            raise ValueError("a multi-style network needs style weights (style=[S] or [N, S])")
-        s, c = style.shape[-1], x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones_init(), (s, c))
-        bias = self.param("bias", nn.initializers.zeros_init(), (s, c))
-        w = jnp.reshape(jnp.asarray(style, jnp.float32), (-1, s))
+        gamma, beta = _style_affine(self, style, x.shape[-1])
         # Flax's own normalisation (no affine part), so one selected style equals an instance-norm
         # network with that style's gamma and beta up to float32 rounding
         y = nn.InstanceNorm(epsilon=self.epsilon, use_scale=False, use_bias=False, dtype=self.dtype,
                             name="normalize")(x)
-        gamma, beta = (w @ scale)[:, None, None, :], (w @ bias)[:, None, None, :]
         return (y * gamma.astype(y.dtype) + beta.astype(y.dtype)).astype(y.dtype)
 
 
@@ -141,12 +148,15 @@ def floored_normalise(x, mean, var, scale, bias, log_floor, epsilon):
     return y * scale + bias
 
 
-def _floored_stats(x):
-    """Per-image, per-channel mean and variance of NHWC x, in float32 whatever the compute dtype
-    (as nn.InstanceNorm)."""
+def _floored(module: nn.Module, x: jax.Array, scale, bias) -> jax.Array:
+    """`floored_normalise` of NHWC x with its own per-image, per-channel statistics (in float32
+    whatever the compute dtype, as nn.InstanceNorm) and `module`'s `log_floor` parameter ([C])."""
+    log_floor = module.param("log_floor", nn.initializers.constant(np.log(module.floor_init)), (x.shape[-1],))
     x32 = x.astype(jnp.float32)
     mean = x32.mean(axis=(1, 2), keepdims=True)
-    return x32, mean, jnp.square(x32 - mean).mean(axis=(1, 2), keepdims=True)
+    var = jnp.square(x32 - mean).mean(axis=(1, 2), keepdims=True)
+    y = floored_normalise(x32, mean, var, scale, bias, log_floor, module.epsilon)
+    return y.astype(module.dtype or x.dtype)
 
 
 class FlooredInstanceNorm(nn.Module):
@@ -169,10 +179,7 @@ class FlooredInstanceNorm(nn.Module):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones_init(), (c,))
         bias = self.param("bias", nn.initializers.zeros_init(), (c,))
-        log_floor = self.param("log_floor", nn.initializers.constant(np.log(self.floor_init)), (c,))
-        x32, mean, var = _floored_stats(x)
-        y = floored_normalise(x32, mean, var, scale, bias, log_floor, self.epsilon)
-        return y.astype(self.dtype or x.dtype)
+        return _floored(self, x, scale, bias)
 
 
 class ConditionalFlooredInstanceNorm(nn.Module):
@@ -185,17 +192,8 @@ class ConditionalFlooredInstanceNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, style: jax.Array | None = None) -> jax.Array:
-        if style is None:
-            raise ValueError("a multi-style network needs style weights (style=[S] or [N, S])")
-        s, c = style.shape[-1], x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones_init(), (s, c))
-        bias = self.param("bias", nn.initializers.zeros_init(), (s, c))
-        log_floor = self.param("log_floor", nn.initializers.constant(np.log(self.floor_init)), (c,))
-        w = jnp.reshape(jnp.asarray(style, jnp.float32), (-1, s))
-        x32, mean, var = _floored_stats(x)
-        gamma, beta = (w @ scale)[:, None, None, :], (w @ bias)[:, None, None, :]
-        y = floored_normalise(x32, mean, var, gamma, beta, log_floor, self.epsilon)
-        return y.astype(self.dtype or x.dtype)
+        gamma, beta = _style_affine(self, style, x.shape[-1])
+        return _floored(self, x, gamma, beta)
 
 
 _PHASE = np.array([[[1, 0, 0], [0, 1, 1]],

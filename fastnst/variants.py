@@ -112,19 +112,23 @@ def _floored_onnx(g, x, p, stats):
                         _onnx_weight(g, p, "bias", "shift"))
 
 
+def _onnx_style_affine(g, y, p):
+    """y * (style @ scale) + style @ bias: a conditional norm's [S, C] rows chosen by the style
+    weights, the graph's second input."""
+    gamma, beta = (g.op("MatMul", [STYLE_INPUT, _onnx_weight(g, p, k, k)]) for k in ("scale", "bias"))
+    return _onnx_affine(g, y, gamma, beta)
+
+
 def _conditional_floored_onnx(g, x, p, stats):
     del stats
-    gamma, beta = (g.op("MatMul", [STYLE_INPUT, _onnx_weight(g, p, k, k)]) for k in ("scale", "bias"))
-    return _onnx_affine(g, _floored_standardise(g, x, p), gamma, beta)
+    return _onnx_style_affine(g, _floored_standardise(g, x, p), p)
 
 
 def _conditional_onnx(g, x, p, stats):
     """gamma, beta = style @ [S, C] rows; the style weights are the graph's second input."""
     del stats
     ones, zeros = (g.const(np.full(p["scale"].shape[1], v, np.float32)) for v in (1.0, 0.0))
-    y = g.op("InstanceNormalization", [x, ones, zeros], epsilon=EPSILON)
-    gamma, beta = (g.op("MatMul", [STYLE_INPUT, _onnx_weight(g, p, k, k)]) for k in ("scale", "bias"))
-    return _onnx_affine(g, y, gamma, beta)
+    return _onnx_style_affine(g, g.op("InstanceNormalization", [x, ones, zeros], epsilon=EPSILON), p)
 
 
 def _transpose_onnx(g, x, p, *, edge_pad: bool):

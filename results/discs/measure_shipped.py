@@ -1,6 +1,5 @@
-import json, sys, time
+import json, sys
 import numpy as np
-from pathlib import Path
 from fastnst import data, discs, images, modelfile, stylize
 shared = data.shared_data()
 held = data.FolderSource(shared / "train", holdout=10).heldout

@@ -15,23 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from spike_experiment import measure, objective_fn, summary, write_sheet
+from spike_experiment import measure, objective_fn, photo_sets, summary, write_sheet
 
-from fastnst import data, evaluate, images, modelfile, perceptual, train, vgg
+from fastnst import data, images, modelfile, perceptual, train, vgg
 from fastnst.configs import style as style_config
 
 
 def main(out, steps, norms):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shared = data.shared_data()
-    held = data.FolderSource(shared / "train", holdout=10).heldout
-    content = sorted((shared / "content").glob("*.jpg"))
-    sets = {"held_out_10": held, "content_3": content}
-    photos512 = {s: {Path(f).stem: images.resize_max_side(images.load_image(f), 512) for f in fs}
-                 for s, fs in sets.items()}
-    squares = {s: {Path(f).stem: evaluate.center_square(images.load_image(f), 256) for f in fs}
-               for s, fs in sets.items()}
+    photos512, squares = photo_sets(data.shared_data())
     params = vgg.load_params()
     results, sheets = {}, {}
     for norm in norms:

@@ -110,10 +110,9 @@ def measure(model, photos512, squares, value, params, spec):
     return {"disc_area": areas, "objective": obj}, outs
 
 
-def main(out, steps, arms, shipped_name="starry_night", size=128, lr=1e-3):
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shared = data.shared_data()
+def photo_sets(shared):
+    """The measured photos, per set (the 10 held-out training photos, the 3 content photos): at 512 px
+    on the longer side (disc area) and as 256 px centre squares (objective)."""
     held = data.FolderSource(shared / "train", holdout=10).heldout
     content = sorted((shared / "content").glob("*.jpg"))
     sets = {"held_out_10": held, "content_3": content}
@@ -121,6 +120,14 @@ def main(out, steps, arms, shipped_name="starry_night", size=128, lr=1e-3):
                  for s, fs in sets.items()}
     squares = {s: {Path(f).stem: evaluate.center_square(images.load_image(f), 256) for f in fs}
                for s, fs in sets.items()}
+    return photos512, squares
+
+
+def main(out, steps, arms, shipped_name="starry_night", size=128, lr=1e-3):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = data.shared_data()
+    photos512, squares = photo_sets(shared)
     shipped = modelfile.load_model(shipped_name)
     spec, style_size = perceptual.of_model(shipped.meta)
     params = vgg.load_params()
