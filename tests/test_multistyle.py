@@ -231,6 +231,17 @@ def test_fine_tuning_starts_from_the_given_model_and_mismatches_are_refused(tmp_
         schema.load(cfg)
 
 
+def test_fine_tuning_a_shipped_plain_instance_norm_model_with_runlocal_names_the_norm(tmp_path):
+    """runlocal trains the floored norm now; the shipped networks have plain instance norm, so
+    starting from one says which key to set (docs: results/discs/README.md), before any work."""
+    cfg = tiny_config(tmp_path, steps=2)
+    assert cfg.model.norm == "instance_floor"
+    cfg.init_from = "starry_night"
+    with pytest.raises(ConfigError, match=r"architecture differs .*model.norm: 'instance' in the file, "
+                                          r"'instance_floor' here"):
+        schema.load(cfg)
+
+
 def test_export_takes_the_style_weights_as_a_second_input(tmp_path):
     import onnxruntime as ort
 
